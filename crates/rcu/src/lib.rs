@@ -339,9 +339,8 @@ impl Domain {
     /// [`Step::Blocked`], and returns that last step.
     pub fn advance_until_quiet(&self) -> Step {
         loop {
-            match self.advance() {
-                s @ (Step::Idle | Step::Blocked { .. }) => return s,
-                _ => {}
+            if let s @ (Step::Idle | Step::Blocked { .. }) = self.advance() {
+                return s;
             }
         }
     }

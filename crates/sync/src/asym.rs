@@ -54,11 +54,12 @@ impl AsymmetricFence {
     #[inline(always)]
     pub fn light(&self) {
         if self.expedited {
-            // The heavy side's membarrier supplies the hardware barrier; we only stop the
-            // compiler from moving our store past our load.
+            // ORDERING: pairs with the membarrier in `heavy`, which supplies the hardware
+            // barrier on this CPU; we only stop the compiler moving our store past our load.
             #[cfg(not(any(loom, shuttle)))]
             core::sync::atomic::compiler_fence(Ordering::SeqCst);
         } else {
+            // ORDERING: smp_mb(); pairs with the `fence(SeqCst)` in `heavy` (store buffering).
             fence(Ordering::SeqCst);
         }
     }
@@ -67,9 +68,12 @@ impl AsymmetricFence {
     /// between a `light` store and load.
     #[inline]
     pub fn heavy(&self) {
+        // ORDERING: smp_mb(); pairs with `light` on the other side of the SB pattern.
         fence(Ordering::SeqCst);
         if self.expedited {
             membarrier::expedited();
+            // ORDERING: orders the membarrier before our following loads, as liburcu's
+            // smp_mb_master() does.
             fence(Ordering::SeqCst);
         }
     }
