@@ -118,6 +118,9 @@ pub(crate) struct Inner {
     /// callback). Bookkeeping, so untracked.
     invoking_thread: untracked::Mutex<Option<thread::ThreadId>>,
     stall_log: untracked::Mutex<Vec<StallReport>>,
+    /// A callback that panicked on the worker thread: reported by the next `barrier` instead
+    /// of leaving the barrier to wait forever for a dead worker.
+    worker_panic: untracked::Mutex<Option<String>>,
     pub(crate) stats: StatsCell,
 }
 
@@ -169,6 +172,7 @@ impl Inner {
             invoker: Mutex::new(()),
             invoking_thread: untracked::Mutex::new(None),
             stall_log: untracked::Mutex::new(Vec::new()),
+            worker_panic: untracked::Mutex::new(None),
             stats: StatsCell::default(),
         }
     }
@@ -373,7 +377,9 @@ impl Inner {
             }
         }
         let clear = Clear(self);
-        f();
+        // A panicking callback still counts as invoked, so barriers and statistics stay
+        // consistent; the panic continues to whoever drove the invocation.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
         drop(clear);
         self.stats.cbs_invoked.fetch_add(1, untracked::Ordering::Relaxed);
         self.stats.bytes_pending.fetch_sub(bytes as u64, untracked::Ordering::Relaxed);
@@ -381,6 +387,9 @@ impl Inner {
         cbs.invoked += 1;
         drop(cbs);
         self.done_cv.notify_all();
+        if let Err(payload) = result {
+            std::panic::resume_unwind(payload);
+        }
     }
 
     /// Invokes every ready callback, oldest first, one thread at a time. Returns how many ran.
@@ -468,6 +477,8 @@ impl Inner {
                 }
                 cbs = self.done_cv.wait(cbs);
             }
+            drop(cbs);
+            self.check_worker_panic();
         } else {
             while self.cbs.lock().invoked < target {
                 self.drive_once();
@@ -562,7 +573,22 @@ impl Inner {
                     return;
                 }
             }
-            self.drive_once();
+            let round = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.drive_once()));
+            if let Err(payload) = round {
+                let msg = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "non-string panic payload".to_owned());
+                *self.worker_panic.lock().unwrap_or_else(|e| e.into_inner()) = Some(msg);
+            }
+        }
+    }
+
+    fn check_worker_panic(&self) {
+        let msg = self.worker_panic.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(msg) = msg {
+            panic!("bpfls-rcu: a {} callback panicked on the callback worker: {msg}", self.kind.name());
         }
     }
 
