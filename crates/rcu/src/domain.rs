@@ -11,6 +11,10 @@ use bpfls_sync::{Arc, AsymmetricFence, Backoff, CachePadded, Condvar, Mutex, thr
 use std::collections::VecDeque;
 use std::fmt;
 
+/// Most callbacks invoked between two updates of the invoked count (the kernel's `blimit`
+/// idea: barrier waiters see progress, and a flood does not hold the queue lock long).
+const INVOKE_BATCH: usize = 1024;
+
 /// Low bits of a reader slot: the nesting depth of the section (0 = not inside).
 pub(crate) const DEPTH_BITS: u32 = 16;
 pub(crate) const DEPTH_MASK: usize = (1 << DEPTH_BITS) - 1;
@@ -164,7 +168,9 @@ impl Inner {
             stall_polls: cfg.stall_polls.max(1),
             gp_seq: CachePadded::new(AtomicUsize::new(0)),
             gp_done: CachePadded::new(AtomicUsize::new(0)),
-            cpu_slots: (0..cpus).map(|_| CachePadded::new(AtomicUsize::new(0))).collect(),
+            cpu_slots: (0..cpus)
+                .map(|_| CachePadded::new(AtomicUsize::new(0)))
+                .collect(),
             tasks: Mutex::new(Tasks::default()),
             cbs: Mutex::new(CbState::default()),
             work_cv: Condvar::new(),
@@ -200,8 +206,11 @@ impl Inner {
         // between "store slot" and "load protected pointer": either the reader's slot store is
         // visible to our scan below, or the reader's later loads see everything before here.
         self.fence.heavy();
-        self.stats.gp_started.fetch_add(1, untracked::Ordering::Relaxed);
-        self.probes.hit("gp_start", None, &[("gp_seq", target as u64)]);
+        self.stats
+            .gp_started
+            .fetch_add(1, untracked::Ordering::Relaxed);
+        self.probes
+            .hit("gp_start", None, &[("gp_seq", target as u64)]);
         rcu_event!(self, "gp_start", gp_seq = target as u64);
         target
     }
@@ -211,14 +220,22 @@ impl Inner {
         // ORDERING: Release pairs with the Acquire load in `poll_state` / `ready`: whoever sees
         // the new `gp_done` also sees that every blocking reader has left.
         self.gp_done.fetch_max(target, Ordering::Release);
-        self.stats.gp_completed.fetch_add(1, untracked::Ordering::Relaxed);
-        self.probes.hit("gp_end", None, &[("gp_seq", target as u64)]);
+        self.stats
+            .gp_completed
+            .fetch_add(1, untracked::Ordering::Relaxed);
+        self.probes
+            .hit("gp_end", None, &[("gp_seq", target as u64)]);
         rcu_event!(self, "gp_end", gp_seq = target as u64);
     }
 
     fn report_stall(&self, target: usize, reader: ReaderId, polls: u64) {
         self.stats.stalls.fetch_add(1, untracked::Ordering::Relaxed);
-        let report = StallReport { domain: self.kind.name(), gp_seq: target as u64, reader, polls };
+        let report = StallReport {
+            domain: self.kind.name(),
+            gp_seq: target as u64,
+            reader,
+            polls,
+        };
         tracing::event!(
             target: "bpfls::rcu",
             tracing::Level::WARN,
@@ -320,15 +337,27 @@ impl Inner {
             f();
             return;
         }
-        cbs.queue.push_back(Cb { gp: None, obj, bytes, f });
+        cbs.queue.push_back(Cb {
+            gp: None,
+            obj,
+            bytes,
+            f,
+        });
         cbs.queued += 1;
         let pending = cbs.queued - cbs.invoked;
         let first = cbs.queue.len() == 1;
         drop(cbs);
-        self.stats.cbs_queued.fetch_add(1, untracked::Ordering::Relaxed);
-        self.stats.bytes_pending.fetch_add(bytes as u64, untracked::Ordering::Relaxed);
-        self.stats.peak_pending.fetch_max(pending, untracked::Ordering::Relaxed);
-        self.probes.hit("call", None, &[("obj", obj), ("bytes", bytes as u64)]);
+        self.stats
+            .cbs_queued
+            .fetch_add(1, untracked::Ordering::Relaxed);
+        self.stats
+            .bytes_pending
+            .fetch_add(bytes as u64, untracked::Ordering::Relaxed);
+        self.stats
+            .peak_pending
+            .fetch_max(pending, untracked::Ordering::Relaxed);
+        self.probes
+            .hit("call", None, &[("obj", obj), ("bytes", bytes as u64)]);
         rcu_event!(self, "call", obj, bytes = bytes as u64);
         if first {
             self.work_cv.notify_one();
@@ -350,57 +379,95 @@ impl Inner {
         }
         let in_gp = cbs.queued - cbs.queued_at_gp_start;
         cbs.queued_at_gp_start = cbs.queued;
-        self.stats.max_queued_per_gp.fetch_max(in_gp, untracked::Ordering::Relaxed);
+        self.stats
+            .max_queued_per_gp
+            .fetch_max(in_gp, untracked::Ordering::Relaxed);
         target
     }
 
-    /// Pops the oldest callback if its grace period has completed.
-    fn pop_ready(&self, cbs: &mut CbState) -> Option<Cb> {
+    /// Pops up to `max` of the oldest callbacks whose grace period has completed.
+    fn pop_ready(&self, cbs: &mut CbState, max: usize) -> Vec<Cb> {
         // ORDERING: Acquire pairs with `complete_gp`'s Release fetch_max.
         let done = self.gp_done.load(Ordering::Acquire);
-        match cbs.queue.front() {
-            Some(Cb { gp: Some(g), .. }) if *g <= done => cbs.queue.pop_front(),
-            _ => None,
-        }
+        let ready = cbs
+            .queue
+            .iter()
+            .take(max)
+            .take_while(|cb| cb.gp.is_some_and(|g| g <= done));
+        let n = ready.count();
+        cbs.queue.drain(..n).collect()
     }
 
-    fn invoke(&self, cb: Cb) {
-        let Cb { gp, obj, bytes, f } = cb;
-        let gp = gp.unwrap_or(0) as u64;
-        self.probes.hit("callback_invoke", None, &[("obj", obj), ("gp_seq", gp)]);
-        rcu_event!(self, "callback_invoke", obj, gp_seq = gp);
-        *self.invoking_thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread::current().id());
+    /// Invokes `batch`, oldest first (the kernel's `rcu_do_batch`). A callback that panics
+    /// still counts as invoked, so barriers and statistics stay consistent; the callbacks
+    /// after it go back to the head of the queue and the panic continues to whoever drove the
+    /// invocation.
+    fn invoke_batch(&self, batch: Vec<Cb>) -> u64 {
         struct Clear<'a>(&'a Inner);
         impl Drop for Clear<'_> {
             fn drop(&mut self) {
-                *self.0.invoking_thread.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                *self
+                    .0
+                    .invoking_thread
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = None;
             }
         }
+        *self
+            .invoking_thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(thread::current().id());
         let clear = Clear(self);
-        // A panicking callback still counts as invoked, so barriers and statistics stay
-        // consistent; the panic continues to whoever drove the invocation.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        let (mut n, mut bytes, mut panicked) = (0u64, 0u64, None);
+        let mut batch = batch.into_iter();
+        for Cb {
+            gp,
+            obj,
+            bytes: b,
+            f,
+        } in batch.by_ref()
+        {
+            let gp = gp.unwrap_or(0) as u64;
+            self.probes
+                .hit("callback_invoke", None, &[("obj", obj), ("gp_seq", gp)]);
+            rcu_event!(self, "callback_invoke", obj, gp_seq = gp);
+            n += 1;
+            bytes += b as u64;
+            if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+                panicked = Some(payload);
+                break;
+            }
+        }
         drop(clear);
-        self.stats.cbs_invoked.fetch_add(1, untracked::Ordering::Relaxed);
-        self.stats.bytes_pending.fetch_sub(bytes as u64, untracked::Ordering::Relaxed);
+        self.stats
+            .cbs_invoked
+            .fetch_add(n, untracked::Ordering::Relaxed);
+        self.stats
+            .bytes_pending
+            .fetch_sub(bytes, untracked::Ordering::Relaxed);
         let mut cbs = self.cbs.lock();
-        cbs.invoked += 1;
+        cbs.invoked += n;
+        for cb in batch.rev() {
+            cbs.queue.push_front(cb);
+        }
         drop(cbs);
         self.done_cv.notify_all();
-        if let Err(payload) = result {
+        if let Some(payload) = panicked {
             std::panic::resume_unwind(payload);
         }
+        n
     }
 
     /// Invokes every ready callback, oldest first, one thread at a time. Returns how many ran.
-    fn invoke_ready(&self) -> usize {
+    fn invoke_ready(&self) -> u64 {
         let _invoker = self.invoker.lock();
         let mut n = 0;
         loop {
-            let cb = self.pop_ready(&mut self.cbs.lock());
-            let Some(cb) = cb else { return n };
-            self.invoke(cb);
-            n += 1;
+            let batch = self.pop_ready(&mut self.cbs.lock(), INVOKE_BATCH);
+            if batch.is_empty() {
+                return n;
+            }
+            n += self.invoke_batch(batch);
         }
     }
 
@@ -432,7 +499,10 @@ impl Inner {
 
     pub(crate) fn check_not_in_callback(&self, what: &str) {
         let me = thread::current().id();
-        let invoking = *self.invoking_thread.lock().unwrap_or_else(|e| e.into_inner());
+        let invoking = *self
+            .invoking_thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if invoking == Some(me) {
             panic!(
                 "bpfls-rcu: {what} called from a {} callback: callbacks run in softirq context and \
@@ -519,10 +589,9 @@ impl Inner {
         // 1. A ready callback runs first (one per step, so a trace shows each free).
         {
             let _invoker = self.invoker.lock();
-            let cb = self.pop_ready(&mut self.cbs.lock());
-            if let Some(cb) = cb {
-                let obj = cb.obj;
-                self.invoke(cb);
+            let batch = self.pop_ready(&mut self.cbs.lock(), 1);
+            if let Some(obj) = batch.first().map(|cb| cb.obj) {
+                self.invoke_batch(batch);
                 return Step::Invoked { obj };
             }
         }
@@ -534,19 +603,27 @@ impl Inner {
                 if cbs.blocked_steps == self.stall_polls {
                     self.report_stall(target, reader, cbs.blocked_steps);
                 }
-                return Step::Blocked { gp_seq: target as u64, reader };
+                return Step::Blocked {
+                    gp_seq: target as u64,
+                    reader,
+                };
             }
             cbs.stepped_gp = None;
             cbs.blocked_steps = 0;
             self.complete_gp(target);
-            return Step::GpEnded { gp_seq: target as u64 };
+            return Step::GpEnded {
+                gp_seq: target as u64,
+            };
         }
         // 3. Start one if callbacks or waiters need it.
         // ORDERING: Relaxed is enough: under the queue lock, which every writer of `gp_done`
         // in stepped mode holds; this is a demand check, not a safety check.
         let done = self.gp_done.load(Ordering::Relaxed);
         let demand = cbs.untagged()
-            || cbs.queue.front().is_some_and(|cb| cb.gp.is_some_and(|g| g > done))
+            || cbs
+                .queue
+                .front()
+                .is_some_and(|cb| cb.gp.is_some_and(|g| g > done))
             || cbs.requested > done;
         if demand {
             let target = if cbs.untagged() {
@@ -555,7 +632,9 @@ impl Inner {
                 self.start_gp()
             };
             cbs.stepped_gp = Some(target);
-            return Step::GpStarted { gp_seq: target as u64 };
+            return Step::GpStarted {
+                gp_seq: target as u64,
+            };
         }
         Step::Idle
     }
@@ -573,7 +652,8 @@ impl Inner {
                     return;
                 }
             }
-            let round = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.drive_once()));
+            let round =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.drive_once()));
             if let Err(payload) = round {
                 let msg = payload
                     .downcast_ref::<&str>()
@@ -586,9 +666,16 @@ impl Inner {
     }
 
     fn check_worker_panic(&self) {
-        let msg = self.worker_panic.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let msg = self
+            .worker_panic
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Some(msg) = msg {
-            panic!("bpfls-rcu: a {} callback panicked on the callback worker: {msg}", self.kind.name());
+            panic!(
+                "bpfls-rcu: a {} callback panicked on the callback worker: {msg}",
+                self.kind.name()
+            );
         }
     }
 
@@ -618,6 +705,9 @@ impl Inner {
     }
 
     pub(crate) fn stall_reports(&self) -> Vec<StallReport> {
-        self.stall_log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.stall_log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }

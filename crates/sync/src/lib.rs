@@ -47,9 +47,7 @@ pub use lock::{Condvar, Mutex, MutexGuard, SpinLock, SpinLockGuard};
 /// Atomics and `fence`, from the active backend.
 pub mod atomic {
     #[cfg(loom)]
-    pub use loom::sync::atomic::{
-        AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence,
-    };
+    pub use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
     #[cfg(shuttle)]
     pub use shuttle::sync::atomic::{
         AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence,
@@ -198,9 +196,9 @@ pub mod alloc {
 /// Plain `std` atomics for bookkeeping that the model checkers must *not* explore: statistics,
 /// the logical event clock, checker ledgers. Never use these for the algorithm itself.
 pub mod untracked {
-    pub use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
     /// An `Arc` that loom does not track (hooks, shared configuration).
     pub use std::sync::Arc;
     /// A `Mutex` that loom does not track; never hold it across a facade operation.
     pub use std::sync::Mutex;
+    pub use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 }

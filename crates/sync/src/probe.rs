@@ -96,7 +96,10 @@ impl Probes {
 
     /// Probe points with `hook` attached.
     pub fn with_hook(hook: Arc<dyn ProbeHook>) -> Self {
-        Self { hook: Some(hook), clock: Arc::default() }
+        Self {
+            hook: Some(hook),
+            clock: Arc::default(),
+        }
     }
 
     /// Whether a hook is attached.
@@ -107,7 +110,12 @@ impl Probes {
 
     /// Passes the probe point `site`.
     #[inline]
-    pub fn hit(&self, site: &'static str, cpu: Option<u32>, fields: &[(&'static str, u64)]) -> Verdict {
+    pub fn hit(
+        &self,
+        site: &'static str,
+        cpu: Option<u32>,
+        fields: &[(&'static str, u64)],
+    ) -> Verdict {
         match &self.hook {
             None => Verdict::Continue,
             Some(h) => h.hit(&ProbeEvent { site, cpu, fields }),
@@ -116,7 +124,12 @@ impl Probes {
 
     /// One iteration of a wait loop at `site`.
     #[inline]
-    pub fn wait(&self, site: &'static str, cpu: Option<u32>, fields: &[(&'static str, u64)]) -> WaitVerdict {
+    pub fn wait(
+        &self,
+        site: &'static str,
+        cpu: Option<u32>,
+        fields: &[(&'static str, u64)],
+    ) -> WaitVerdict {
         match &self.hook {
             None => {
                 crate::spin_wait();
@@ -143,7 +156,11 @@ mod tests {
     impl ProbeHook for Rec {
         fn hit(&self, e: &ProbeEvent<'_>) -> Verdict {
             self.0.lock().unwrap().push(e.site);
-            if e.site == "fail_me" { Verdict::Fail } else { Verdict::Continue }
+            if e.site == "fail_me" {
+                Verdict::Fail
+            } else {
+                Verdict::Continue
+            }
         }
         fn wait(&self, _: &ProbeEvent<'_>) -> WaitVerdict {
             WaitVerdict::Deadlock
