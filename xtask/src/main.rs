@@ -63,19 +63,11 @@ struct Failure {
 
 impl Failure {
     fn usage(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            code: 2,
-            usage: true,
-        }
+        Self { message: message.into(), code: 2, usage: true }
     }
 
     fn step(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            code: 1,
-            usage: false,
-        }
+        Self { message: message.into(), code: 1, usage: false }
     }
 }
 
@@ -114,9 +106,7 @@ fn run(args: &[String]) -> Result<()> {
 fn no_args(subcommand: &str, rest: &[String]) -> Result<()> {
     match rest.first() {
         None => Ok(()),
-        Some(arg) => Err(Failure::usage(format!(
-            "`{subcommand}` takes no arguments, got `{arg}`"
-        ))),
+        Some(arg) => Err(Failure::usage(format!("`{subcommand}` takes no arguments, got `{arg}`"))),
     }
 }
 
@@ -163,9 +153,7 @@ impl BenchFlags {
             match arg.as_str() {
                 "--quick" => flags.quick = true,
                 other => {
-                    return Err(Failure::usage(format!(
-                        "`bench`: unknown argument `{other}`"
-                    )));
+                    return Err(Failure::usage(format!("`bench`: unknown argument `{other}`")));
                 }
             }
         }
@@ -194,11 +182,7 @@ struct Cmd {
 
 impl Cmd {
     fn new(program: &str) -> Self {
-        Self {
-            program: program.to_string(),
-            args: Vec::new(),
-            envs: Vec::new(),
-        }
+        Self { program: program.to_string(), args: Vec::new(), envs: Vec::new() }
     }
 
     fn cargo() -> Self {
@@ -212,14 +196,12 @@ impl Cmd {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        self.args
-            .extend(args.into_iter().map(|a| a.as_ref().to_string()));
+        self.args.extend(args.into_iter().map(|a| a.as_ref().to_string()));
         self
     }
 
     fn env(mut self, key: &str, value: impl AsRef<str>) -> Self {
-        self.envs
-            .push((key.to_string(), value.as_ref().to_string()));
+        self.envs.push((key.to_string(), value.as_ref().to_string()));
         self
     }
 
@@ -243,9 +225,7 @@ impl Cmd {
         if status.success() {
             Ok(())
         } else {
-            Err(Failure::step(format!(
-                "step `{step}` failed: `{self}` exited with {status}"
-            )))
+            Err(Failure::step(format!("step `{step}` failed: `{self}` exited with {status}")))
         }
     }
 
@@ -290,19 +270,10 @@ fn shell_quote(s: &str) -> String {
 fn ci() -> Result<()> {
     type StepFn = fn() -> Result<()>;
     let steps: [(&str, StepFn); 6] = [
-        ("fmt", || {
-            Cmd::cargo().args(["fmt", "--all", "--check"]).run("fmt")
-        }),
+        ("fmt", || Cmd::cargo().args(["fmt", "--all", "--check"]).run("fmt")),
         ("clippy", || {
             Cmd::cargo()
-                .args([
-                    "clippy",
-                    "--workspace",
-                    "--all-targets",
-                    "--",
-                    "-D",
-                    "warnings",
-                ])
+                .args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])
                 .run("clippy")
         }),
         // `--tests` runs the unit tests of libs and bins plus the integration tests;
@@ -310,24 +281,13 @@ fn ci() -> Result<()> {
         // and `--lib` fails on a member without a library. `--examples` builds the examples.
         ("test", || {
             Cmd::cargo()
-                .args([
-                    "test",
-                    "--workspace",
-                    "--exclude",
-                    "xtask",
-                    "--tests",
-                    "--examples",
-                ])
+                .args(["test", "--workspace", "--exclude", "xtask", "--tests", "--examples"])
                 .run("test")
         }),
         ("doctest", || {
-            Cmd::cargo()
-                .args(["test", "--workspace", "--exclude", "xtask", "--doc"])
-                .run("doctest")
+            Cmd::cargo().args(["test", "--workspace", "--exclude", "xtask", "--doc"]).run("doctest")
         }),
-        ("tidy", || {
-            Cmd::cargo().args(["test", "-p", "xtask"]).run("tidy")
-        }),
+        ("tidy", || Cmd::cargo().args(["test", "-p", "xtask"]).run("tidy")),
         ("loom", || loom(&LoomFlags::default())),
     ];
 
@@ -366,11 +326,8 @@ fn find_loom_tests(root: &Path) -> Result<BTreeMap<String, Vec<String>>> {
     let Ok(entries) = fs::read_dir(&crates_dir) else {
         return Ok(by_package);
     };
-    let mut crate_dirs: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.is_dir())
-        .collect();
+    let mut crate_dirs: Vec<PathBuf> =
+        entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect();
     crate_dirs.sort();
     for crate_dir in crate_dirs {
         let Ok(tests) = fs::read_dir(crate_dir.join("tests")) else {
@@ -389,10 +346,7 @@ fn find_loom_tests(root: &Path) -> Result<BTreeMap<String, Vec<String>>> {
         stems.sort();
         let manifest_path = crate_dir.join("Cargo.toml");
         let manifest = fs::read_to_string(&manifest_path).map_err(|e| {
-            Failure::step(format!(
-                "step `loom`: cannot read {}: {e}",
-                manifest_path.display()
-            ))
+            Failure::step(format!("step `loom`: cannot read {}: {e}", manifest_path.display()))
         })?;
         let package = package_name(&manifest).ok_or_else(|| {
             Failure::step(format!(
@@ -412,9 +366,7 @@ fn find_loom_tests(root: &Path) -> Result<BTreeMap<String, Vec<String>>> {
 }
 
 fn dir_name(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 /// The `name = "..."` of a Cargo.toml's `[package]` section.
@@ -506,10 +458,7 @@ fn miri() -> Result<()> {
             "--lib",
             "--tests",
         ])
-        .env(
-            "MIRIFLAGS",
-            "-Zmiri-strict-provenance -Zmiri-disable-isolation",
-        )
+        .env("MIRIFLAGS", "-Zmiri-strict-provenance -Zmiri-disable-isolation")
         .env("CARGO_TARGET_DIR", target_dir.to_string_lossy())
         .run("miri")
 }
@@ -540,10 +489,7 @@ mod tests {
         assert_eq!(LoomFlags::parse(&[]).unwrap(), LoomFlags::default());
         assert_eq!(
             LoomFlags::parse(&strings(&["--deep", "grace"])).unwrap(),
-            LoomFlags {
-                deep: true,
-                filter: Some("grace".into())
-            }
+            LoomFlags { deep: true, filter: Some("grace".into()) }
         );
         assert!(LoomFlags::parse(&strings(&["--deeper"])).is_err());
         assert!(LoomFlags::parse(&strings(&["a", "b"])).is_err());
@@ -553,10 +499,7 @@ mod tests {
     fn bench_flags_parse() {
         assert!(!BenchFlags::parse(&[]).unwrap().quick);
         assert!(BenchFlags::parse(&strings(&["--quick"])).unwrap().quick);
-        assert_eq!(
-            BenchFlags::parse(&strings(&["--slow"])).unwrap_err().code,
-            2
-        );
+        assert_eq!(BenchFlags::parse(&strings(&["--slow"])).unwrap_err().code, 2);
     }
 
     #[test]
@@ -593,11 +536,7 @@ mod tests {
         let root = env::temp_dir().join(format!("xtask-loom-fixture-{}", std::process::id()));
         let _ = fs::remove_dir_all(&root);
         for (krate, package, files) in [
-            (
-                "rcu",
-                "bpfls-rcu",
-                &["loom_gp.rs", "loom_cb.rs", "stress.rs"][..],
-            ),
+            ("rcu", "bpfls-rcu", &["loom_gp.rs", "loom_cb.rs", "stress.rs"][..]),
             ("sync", "bpfls-sync", &["smoke.rs"][..]),
         ] {
             let dir = root.join("crates").join(krate);
@@ -614,10 +553,7 @@ mod tests {
         let found: Vec<_> = found.unwrap().into_iter().collect();
         assert_eq!(
             found,
-            [(
-                "bpfls-rcu".to_string(),
-                vec!["loom_cb".to_string(), "loom_gp".to_string()]
-            )]
+            [("bpfls-rcu".to_string(), vec!["loom_cb".to_string(), "loom_gp".to_string()])]
         );
     }
 
@@ -625,11 +561,6 @@ mod tests {
     fn finds_the_loom_files_of_this_repo() {
         // Whatever exists now must be found without error, and only `loom_*` stems.
         let found = find_loom_tests(&project_root()).unwrap();
-        assert!(
-            found
-                .values()
-                .flatten()
-                .all(|stem| stem.starts_with("loom_"))
-        );
+        assert!(found.values().flatten().all(|stem| stem.starts_with("loom_")));
     }
 }

@@ -16,26 +16,17 @@ use std::path::Path;
 // Which files a rule covers
 
 /// The crates that must reach shared memory only through `bpfls-sync`.
-const CORE_CRATES: [&str; 4] = [
-    "crates/rcu",
-    "crates/mem_alloc",
-    "crates/local_storage",
-    "crates/kernel",
-];
+const CORE_CRATES: [&str; 4] =
+    ["crates/rcu", "crates/mem_alloc", "crates/local_storage", "crates/kernel"];
 
 /// `crates/<core>/src/**.rs`.
 fn is_core_src(path: &str) -> bool {
-    path.ends_with(".rs")
-        && CORE_CRATES
-            .iter()
-            .any(|c| path.starts_with(&format!("{c}/src/")))
+    path.ends_with(".rs") && CORE_CRATES.iter().any(|c| path.starts_with(&format!("{c}/src/")))
 }
 
 /// Any file of a core crate.
 fn is_core_crate_file(path: &str) -> bool {
-    CORE_CRATES
-        .iter()
-        .any(|c| path.starts_with(&format!("{c}/")))
+    CORE_CRATES.iter().any(|c| path.starts_with(&format!("{c}/")))
 }
 
 /// `crates/sync/src/**.rs` or a core crate's `src/**.rs`.
@@ -162,11 +153,7 @@ fn lex(text: &str) -> Vec<Line> {
             State::Block(depth) => {
                 if c == '*' && at(i + 1) == '/' {
                     line.comment.push_str("*/");
-                    state = if depth == 1 {
-                        State::Code
-                    } else {
-                        State::Block(depth - 1)
-                    };
+                    state = if depth == 1 { State::Code } else { State::Block(depth - 1) };
                     i += 2;
                 } else if c == '/' && at(i + 1) == '*' {
                     line.comment.push_str("/*");
@@ -224,9 +211,7 @@ fn strip_visibility(code: &str) -> &str {
     {
         return rest[end + 1..].trim_start();
     }
-    code.strip_prefix("pub ")
-        .map(str::trim_start)
-        .unwrap_or(code)
+    code.strip_prefix("pub ").map(str::trim_start).unwrap_or(code)
 }
 
 /// The index of the first line of a trailing test module (`#[cfg(..test..)]` followed within
@@ -256,26 +241,16 @@ fn offence(path: &str, index: usize, message: &str) -> String {
 /// Core crates reach atomics, locks and threads only through `bpfls-sync`, so that
 /// `--cfg loom` / `--cfg shuttle` switches all of them.
 fn check_no_std_sync(path: &str, text: &str) -> Vec<String> {
-    const NEEDLES: [&str; 4] = [
-        "std::sync",
-        "std::thread",
-        "core::sync::atomic",
-        "core::sync",
-    ];
+    const NEEDLES: [&str; 4] = ["std::sync", "std::thread", "core::sync::atomic", "core::sync"];
     let mut out = Vec::new();
     for (i, line) in lex(text).iter().enumerate() {
         let code = &line.code;
-        let named = NEEDLES
-            .iter()
-            .find(|n| code.contains(*n))
-            .copied()
-            .or_else(|| {
-                // `use std::{sync::Arc, thread};`
-                let group = code.contains("std::{") || code.contains("core::{");
-                let names =
-                    find_word(code, "sync").is_some() || find_word(code, "thread").is_some();
-                (group && names).then_some("std::{sync|thread}")
-            });
+        let named = NEEDLES.iter().find(|n| code.contains(*n)).copied().or_else(|| {
+            // `use std::{sync::Arc, thread};`
+            let group = code.contains("std::{") || code.contains("core::{");
+            let names = find_word(code, "sync").is_some() || find_word(code, "thread").is_some();
+            (group && names).then_some("std::{sync|thread}")
+        });
         if let Some(needle) = named {
             out.push(offence(
                 path,
@@ -315,11 +290,7 @@ fn check_no_static_atomics(path: &str, text: &str, core: bool) -> Vec<String> {
                 "no `static` atomics: put the state in a struct the caller owns",
             ));
         } else if core && (ty.contains("OnceLock") || ty.contains("LazyLock")) {
-            out.push(offence(
-                path,
-                i,
-                "no `OnceLock` / `LazyLock` globals in core crates",
-            ));
+            out.push(offence(path, i, "no `OnceLock` / `LazyLock` globals in core crates"));
         }
     }
     out
@@ -350,9 +321,8 @@ fn check_unsafe_comments(path: &str, text: &str) -> Vec<String> {
     };
     for (i, line) in lines.iter().enumerate() {
         let code = line.code.as_str();
-        let block = [UNSAFE_BLOCK, UNSAFE_BLOCK_TIGHT, UNSAFE_IMPL]
-            .iter()
-            .find_map(|n| find_word(code, n));
+        let block =
+            [UNSAFE_BLOCK, UNSAFE_BLOCK_TIGHT, UNSAFE_IMPL].iter().find_map(|n| find_word(code, n));
         if block.is_some() {
             let raw_line = raw.get(i).copied().unwrap_or("");
             let same_line = match (raw_line.find(SAFETY_TAG), raw_line.rfind("unsafe")) {
@@ -374,10 +344,7 @@ fn check_unsafe_comments(path: &str, text: &str) -> Vec<String> {
         }
         let mut decl = strip_visibility(code);
         for qualifier in ["const ", "async ", "default "] {
-            decl = decl
-                .strip_prefix(qualifier)
-                .map(str::trim_start)
-                .unwrap_or(decl);
+            decl = decl.strip_prefix(qualifier).map(str::trim_start).unwrap_or(decl);
         }
         let is_unsafe_fn = decl.starts_with(UNSAFE_FN)
             || (decl.starts_with(UNSAFE_EXTERN) && find_word(decl, "fn").is_some());
@@ -399,12 +366,8 @@ fn check_unsafe_comments(path: &str, text: &str) -> Vec<String> {
 /// comment (naming the paired access) on the same line or within the 8 lines above. A
 /// trailing `#[cfg(test)] mod tests` is not checked.
 fn check_ordering_comments(path: &str, text: &str) -> Vec<String> {
-    const NEEDLES: [&str; 4] = [
-        "Ordering::Acquire",
-        "Ordering::Release",
-        "Ordering::AcqRel",
-        "Ordering::SeqCst",
-    ];
+    const NEEDLES: [&str; 4] =
+        ["Ordering::Acquire", "Ordering::Release", "Ordering::AcqRel", "Ordering::SeqCst"];
     const TAG: &str = concat!("ORDERING", ":");
     const WINDOW: usize = 8;
     let lines = lex(text);
@@ -437,43 +400,25 @@ fn check_loom_file(path: &str, text: &str) -> Vec<String> {
         if line == ATTR {
             return Vec::new();
         }
-        return vec![offence(
-            path,
-            i,
-            &format!("loom test files must start with `{ATTR}`"),
-        )];
+        return vec![offence(path, i, &format!("loom test files must start with `{ATTR}`"))];
     }
-    vec![offence(
-        path,
-        0,
-        &format!("loom test files must start with `{ATTR}` (file has no code)"),
-    )]
+    vec![offence(path, 0, &format!("loom test files must start with `{ATTR}` (file has no code)"))]
 }
 
 /// The manifest opts into the workspace lints: `[lints]` followed by `workspace = true`.
 fn check_workspace_lints(path: &str, text: &str) -> Vec<String> {
     let lines: Vec<&str> = text.lines().map(str::trim).collect();
     let Some(header) = lines.iter().position(|l| *l == "[lints]") else {
-        return vec![offence(
-            path,
-            0,
-            "missing `[lints]` with `workspace = true`",
-        )];
+        return vec![offence(path, 0, "missing `[lints]` with `workspace = true`")];
     };
-    let section = lines[header + 1..]
-        .iter()
-        .take_while(|l| !l.starts_with('['));
+    let section = lines[header + 1..].iter().take_while(|l| !l.starts_with('['));
     let workspace = section
         .filter(|l| !l.starts_with('#'))
         .any(|l| l.replace([' ', '\t'], "") == "workspace=true");
     if workspace {
         Vec::new()
     } else {
-        vec![offence(
-            path,
-            header,
-            "`[lints]` must say `workspace = true`",
-        )]
+        vec![offence(path, header, "`[lints]` must say `workspace = true`")]
     }
 }
 
@@ -490,23 +435,14 @@ fn check_toolchain_pinned(path: &str, text: &str) -> Vec<String> {
             channel_line = i;
         }
     }
-    vec![offence(
-        path,
-        channel_line,
-        r#"rust-toolchain.toml must pin `channel = "1.95.0"`"#,
-    )]
+    vec![offence(path, channel_line, r#"rust-toolchain.toml must pin `channel = "1.95.0"`"#)]
 }
 
 /// `.ci/run` runs `cargo xtask ci` (on a line that is not a `#` comment).
 fn check_ci_script(path: &str, text: &str) -> Vec<String> {
-    let runs = text
-        .lines()
-        .any(|l| !l.trim_start().starts_with('#') && l.contains("cargo xtask ci"));
-    if runs {
-        Vec::new()
-    } else {
-        vec![offence(path, 0, "must run `cargo xtask ci`")]
-    }
+    let runs =
+        text.lines().any(|l| !l.trim_start().starts_with('#') && l.contains("cargo xtask ci"));
+    if runs { Vec::new() } else { vec![offence(path, 0, "must run `cargo xtask ci`")] }
 }
 
 /// README.md documents `cargo xtask ci` as the test command.
@@ -514,11 +450,7 @@ fn check_readme(path: &str, text: &str) -> Vec<String> {
     if text.contains("cargo xtask ci") {
         Vec::new()
     } else {
-        vec![offence(
-            path,
-            0,
-            "must document `cargo xtask ci` as the test command",
-        )]
+        vec![offence(path, 0, "must document `cargo xtask ci` as the test command")]
     }
 }
 
@@ -535,11 +467,7 @@ fn repo_files() -> Vec<(String, std::path::PathBuf)> {
         for entry in entries.filter_map(|e| e.ok()) {
             let name = entry.file_name().to_string_lossy().into_owned();
             let path = entry.path();
-            let rel = if rel.is_empty() {
-                name.clone()
-            } else {
-                format!("{rel}/{name}")
-            };
+            let rel = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
             let Ok(kind) = entry.file_type() else {
                 continue;
             };
@@ -598,10 +526,7 @@ fn check_one(rel: &str, required: bool, check: fn(&str, &str) -> Vec<String>) ->
 
 #[test]
 fn no_std_sync_in_core_crates() {
-    assert_clean(
-        "no_std_sync_in_core_crates",
-        check_repo(is_core_src, check_no_std_sync),
-    );
+    assert_clean("no_std_sync_in_core_crates", check_repo(is_core_src, check_no_std_sync));
 }
 
 #[test]
@@ -632,10 +557,7 @@ fn ordering_comments_on_non_relaxed_atomics() {
 
 #[test]
 fn loom_files_are_cfg_loom() {
-    assert_clean(
-        "loom_files_are_cfg_loom",
-        check_repo(is_loom_file, check_loom_file),
-    );
+    assert_clean("loom_files_are_cfg_loom", check_repo(is_loom_file, check_loom_file));
 }
 
 #[test]
@@ -669,10 +591,7 @@ mod fixtures {
     use super::*;
 
     fn lines_of(offences: &[String]) -> Vec<&str> {
-        offences
-            .iter()
-            .map(|o| o.split(':').nth(1).unwrap())
-            .collect()
+        offences.iter().map(|o| o.split(':').nth(1).unwrap()).collect()
     }
 
     #[test]
@@ -689,10 +608,7 @@ line std::sync";"##;
         assert_eq!(lines[0].code.trim(), r#"let a = "";"#);
         assert_eq!(lines[0].comment, "// real comment");
         assert_eq!(lines[1].code.trim(), r#"let b = "" ;"#);
-        assert_eq!(
-            lines[2].code,
-            r"let c = ' '; let d = ' '; fn f<'a>(x: &'a str) {}"
-        );
+        assert_eq!(lines[2].code, r"let c = ' '; let d = ' '; fn f<'a>(x: &'a str) {}");
         assert!(lines[3].is_comment());
         assert!(lines[4].comment.contains("std::thread"));
         assert_eq!(lines[4].code.trim(), "let e = 1;");
@@ -703,10 +619,7 @@ line std::sync";"##;
     #[test]
     fn no_std_sync_fixtures() {
         let bad = "use std::sync::Arc;\nuse core::sync::atomic::AtomicU8;\nfn f() { std::thread::yield_now() }\nuse std::{sync::Mutex, fmt};\n";
-        assert_eq!(
-            lines_of(&check_no_std_sync("x.rs", bad)),
-            ["1", "2", "3", "4"]
-        );
+        assert_eq!(lines_of(&check_no_std_sync("x.rs", bad)), ["1", "2", "3", "4"]);
         let clean = "//! We never name std::sync here.\nuse bpfls_sync::atomic::AtomicU64; // not std::sync\nlet s = \"std::thread\";\nuse std::{fmt, mem};\n";
         assert!(check_no_std_sync("x.rs", clean).is_empty());
     }
@@ -714,15 +627,9 @@ line std::sync";"##;
     #[test]
     fn no_static_atomics_fixtures() {
         let bad = "static COUNT: AtomicUsize = AtomicUsize::new(0);\npub(crate) static FLAGS: [AtomicBool; 4] = [const { AtomicBool::new(false) }; 4];\n";
-        assert_eq!(
-            lines_of(&check_no_static_atomics("x.rs", bad, false)),
-            ["1", "2"]
-        );
+        assert_eq!(lines_of(&check_no_static_atomics("x.rs", bad, false)), ["1", "2"]);
         let globals = "static CFG: OnceLock<Config> = OnceLock::new();\nlazy_static! { static ref X: u32 = 1; }\n";
-        assert_eq!(
-            lines_of(&check_no_static_atomics("x.rs", globals, true)),
-            ["1", "2"]
-        );
+        assert_eq!(lines_of(&check_no_static_atomics("x.rs", globals, true)), ["1", "2"]);
         assert!(
             check_no_static_atomics("x.rs", globals, false).is_empty(),
             "OnceLock is fine outside core"
@@ -748,10 +655,7 @@ pub unsafe fn g(p: *const u8) -> u8 {
     unsafe { *p }
 }
 "#;
-        assert_eq!(
-            lines_of(&check_unsafe_comments("x.rs", bad)),
-            ["3", "8", "11"]
-        );
+        assert_eq!(lines_of(&check_unsafe_comments("x.rs", bad)), ["3", "8", "11"]);
         let clean = r#"fn f(p: *const u8) -> u8 {
     // SAFETY: `p` is valid,
     // and aligned.
@@ -788,10 +692,8 @@ fn h() {
         let bad = "fn f(a: &AtomicU64) {\n    a.store(1, Ordering::Release);\n    // ORDERING: pairs with the Acquire in `g`.\n    a.load(Ordering::Relaxed);\n    fence(Ordering::SeqCst);\n}\n";
         // Line 2 has no tag above; line 5 has one within 8 lines.
         assert_eq!(lines_of(&check_ordering_comments("x.rs", bad)), ["2"]);
-        let far = format!(
-            "// ORDERING: too far away.\n{}x.load(Ordering::Acquire);\n",
-            "\n".repeat(8)
-        );
+        let far =
+            format!("// ORDERING: too far away.\n{}x.load(Ordering::Acquire);\n", "\n".repeat(8));
         assert_eq!(lines_of(&check_ordering_comments("x.rs", &far)), ["10"]);
         let clean = "fn f(a: &AtomicU64) {\n    // ORDERING: Release pairs with the Acquire load in `g`.\n    a.store(1, Ordering::Release);\n    a.load(Ordering::Relaxed);\n    // \"Ordering::SeqCst\" in a comment is no use.\n}\n\n#[cfg(test)]\nmod tests {\n    fn t() { a.load(Ordering::SeqCst); }\n}\n";
         assert!(check_ordering_comments("x.rs", clean).is_empty());
@@ -801,17 +703,8 @@ fn h() {
 
     #[test]
     fn loom_file_fixtures() {
-        assert_eq!(
-            lines_of(&check_loom_file(
-                "t.rs",
-                "//! Models.\n\nuse loom::thread;\n"
-            )),
-            ["3"]
-        );
-        assert_eq!(
-            lines_of(&check_loom_file("t.rs", "// only a comment\n")),
-            ["1"]
-        );
+        assert_eq!(lines_of(&check_loom_file("t.rs", "//! Models.\n\nuse loom::thread;\n")), ["3"]);
+        assert_eq!(lines_of(&check_loom_file("t.rs", "// only a comment\n")), ["1"]);
         assert!(
             check_loom_file(
                 "t.rs",
@@ -827,18 +720,12 @@ fn h() {
     #[test]
     fn workspace_lints_fixtures() {
         assert_eq!(
-            lines_of(&check_workspace_lints(
-                "Cargo.toml",
-                "[package]\nname = \"x\"\n"
-            )),
+            lines_of(&check_workspace_lints("Cargo.toml", "[package]\nname = \"x\"\n")),
             ["1"]
         );
         let elsewhere =
             "[lints]\nrust.unsafe_code = \"deny\"\n\n[dependencies]\nworkspace = true\n";
-        assert_eq!(
-            lines_of(&check_workspace_lints("Cargo.toml", elsewhere)),
-            ["1"]
-        );
+        assert_eq!(lines_of(&check_workspace_lints("Cargo.toml", elsewhere)), ["1"]);
         assert!(
             check_workspace_lints(
                 "Cargo.toml",
@@ -851,10 +738,7 @@ fn h() {
     #[test]
     fn toolchain_fixtures() {
         assert_eq!(
-            lines_of(&check_toolchain_pinned(
-                "r.toml",
-                "[toolchain]\nchannel = \"1.95\"\n"
-            )),
+            lines_of(&check_toolchain_pinned("r.toml", "[toolchain]\nchannel = \"1.95\"\n")),
             ["2"]
         );
         assert_eq!(

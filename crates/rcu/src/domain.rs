@@ -168,9 +168,7 @@ impl Inner {
             stall_polls: cfg.stall_polls.max(1),
             gp_seq: CachePadded::new(AtomicUsize::new(0)),
             gp_done: CachePadded::new(AtomicUsize::new(0)),
-            cpu_slots: (0..cpus)
-                .map(|_| CachePadded::new(AtomicUsize::new(0)))
-                .collect(),
+            cpu_slots: (0..cpus).map(|_| CachePadded::new(AtomicUsize::new(0))).collect(),
             tasks: Mutex::new(Tasks::default()),
             cbs: Mutex::new(CbState::default()),
             work_cv: Condvar::new(),
@@ -206,11 +204,7 @@ impl Inner {
         // between "store slot" and "load protected pointer": either the reader's slot store is
         // visible to our scan below, or the reader's later loads see everything before here.
         self.fence.heavy();
-        self.stats
-            .gp_started
-            .fetch_add(1, untracked::Ordering::Relaxed);
-        self.probes
-            .hit("gp_start", None, &[("gp_seq", target as u64)]);
+        self.stats.gp_started.fetch_add(1, untracked::Ordering::Relaxed);
         rcu_event!(self, "gp_start", gp_seq = target as u64);
         target
     }
@@ -220,22 +214,19 @@ impl Inner {
         // ORDERING: Release pairs with the Acquire load in `poll_state` / `ready`: whoever sees
         // the new `gp_done` also sees that every blocking reader has left.
         self.gp_done.fetch_max(target, Ordering::Release);
-        self.stats
-            .gp_completed
-            .fetch_add(1, untracked::Ordering::Relaxed);
-        self.probes
-            .hit("gp_end", None, &[("gp_seq", target as u64)]);
+        self.stats.gp_completed.fetch_add(1, untracked::Ordering::Relaxed);
         rcu_event!(self, "gp_end", gp_seq = target as u64);
+    }
+
+    /// Passes the probe point `site` (`gp_start` / `gp_end`) for grace period `target`.
+    /// Called with no lock held: a stepped executor may switch CPUs inside a probe.
+    fn probe_gp(&self, site: &'static str, target: usize) {
+        self.probes.hit(site, None, &[("gp_seq", target as u64)]);
     }
 
     fn report_stall(&self, target: usize, reader: ReaderId, polls: u64) {
         self.stats.stalls.fetch_add(1, untracked::Ordering::Relaxed);
-        let report = StallReport {
-            domain: self.kind.name(),
-            gp_seq: target as u64,
-            reader,
-            polls,
-        };
+        let report = StallReport { domain: self.kind.name(), gp_seq: target as u64, reader, polls };
         tracing::event!(
             target: "bpfls::rcu",
             tracing::Level::WARN,
@@ -305,8 +296,10 @@ impl Inner {
     /// A full grace period driven by the caller: start, wait, complete.
     fn run_gp(&self) -> usize {
         let target = self.start_gp();
+        self.probe_gp("gp_start", target);
         self.wait_for_readers(target);
         self.complete_gp(target);
+        self.probe_gp("gp_end", target);
         target
     }
 
@@ -337,27 +330,15 @@ impl Inner {
             f();
             return;
         }
-        cbs.queue.push_back(Cb {
-            gp: None,
-            obj,
-            bytes,
-            f,
-        });
+        cbs.queue.push_back(Cb { gp: None, obj, bytes, f });
         cbs.queued += 1;
         let pending = cbs.queued - cbs.invoked;
         let first = cbs.queue.len() == 1;
         drop(cbs);
-        self.stats
-            .cbs_queued
-            .fetch_add(1, untracked::Ordering::Relaxed);
-        self.stats
-            .bytes_pending
-            .fetch_add(bytes as u64, untracked::Ordering::Relaxed);
-        self.stats
-            .peak_pending
-            .fetch_max(pending, untracked::Ordering::Relaxed);
-        self.probes
-            .hit("call", None, &[("obj", obj), ("bytes", bytes as u64)]);
+        self.stats.cbs_queued.fetch_add(1, untracked::Ordering::Relaxed);
+        self.stats.bytes_pending.fetch_add(bytes as u64, untracked::Ordering::Relaxed);
+        self.stats.peak_pending.fetch_max(pending, untracked::Ordering::Relaxed);
+        self.probes.hit("call", None, &[("obj", obj), ("bytes", bytes as u64)]);
         rcu_event!(self, "call", obj, bytes = bytes as u64);
         if first {
             self.work_cv.notify_one();
@@ -379,9 +360,7 @@ impl Inner {
         }
         let in_gp = cbs.queued - cbs.queued_at_gp_start;
         cbs.queued_at_gp_start = cbs.queued;
-        self.stats
-            .max_queued_per_gp
-            .fetch_max(in_gp, untracked::Ordering::Relaxed);
+        self.stats.max_queued_per_gp.fetch_max(in_gp, untracked::Ordering::Relaxed);
         target
     }
 
@@ -389,11 +368,7 @@ impl Inner {
     fn pop_ready(&self, cbs: &mut CbState, max: usize) -> Vec<Cb> {
         // ORDERING: Acquire pairs with `complete_gp`'s Release fetch_max.
         let done = self.gp_done.load(Ordering::Acquire);
-        let ready = cbs
-            .queue
-            .iter()
-            .take(max)
-            .take_while(|cb| cb.gp.is_some_and(|g| g <= done));
+        let ready = cbs.queue.iter().take(max).take_while(|cb| cb.gp.is_some_and(|g| g <= done));
         let n = ready.count();
         cbs.queue.drain(..n).collect()
     }
@@ -402,34 +377,21 @@ impl Inner {
     /// still counts as invoked, so barriers and statistics stay consistent; the callbacks
     /// after it go back to the head of the queue and the panic continues to whoever drove the
     /// invocation.
-    fn invoke_batch(&self, batch: Vec<Cb>) -> u64 {
+    fn invoke_batch(&self, batch: Vec<Cb>, on_worker: bool) -> u64 {
         struct Clear<'a>(&'a Inner);
         impl Drop for Clear<'_> {
             fn drop(&mut self) {
-                *self
-                    .0
-                    .invoking_thread
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = None;
+                *self.0.invoking_thread.lock().unwrap_or_else(|e| e.into_inner()) = None;
             }
         }
-        *self
-            .invoking_thread
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(thread::current().id());
+        *self.invoking_thread.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(thread::current().id());
         let clear = Clear(self);
         let (mut n, mut bytes, mut panicked) = (0u64, 0u64, None);
         let mut batch = batch.into_iter();
-        for Cb {
-            gp,
-            obj,
-            bytes: b,
-            f,
-        } in batch.by_ref()
-        {
+        for Cb { gp, obj, bytes: b, f } in batch.by_ref() {
             let gp = gp.unwrap_or(0) as u64;
-            self.probes
-                .hit("callback_invoke", None, &[("obj", obj), ("gp_seq", gp)]);
+            self.probes.hit("callback_invoke", None, &[("obj", obj), ("gp_seq", gp)]);
             rcu_event!(self, "callback_invoke", obj, gp_seq = gp);
             n += 1;
             bytes += b as u64;
@@ -439,12 +401,13 @@ impl Inner {
             }
         }
         drop(clear);
-        self.stats
-            .cbs_invoked
-            .fetch_add(n, untracked::Ordering::Relaxed);
-        self.stats
-            .bytes_pending
-            .fetch_sub(bytes, untracked::Ordering::Relaxed);
+        if on_worker && let Some(payload) = panicked.take() {
+            // Recorded before `invoked` moves, so the barrier that sees this batch done also
+            // sees the panic.
+            self.record_worker_panic(payload);
+        }
+        self.stats.cbs_invoked.fetch_add(n, untracked::Ordering::Relaxed);
+        self.stats.bytes_pending.fetch_sub(bytes, untracked::Ordering::Relaxed);
         let mut cbs = self.cbs.lock();
         cbs.invoked += n;
         for cb in batch.rev() {
@@ -459,7 +422,7 @@ impl Inner {
     }
 
     /// Invokes every ready callback, oldest first, one thread at a time. Returns how many ran.
-    fn invoke_ready(&self) -> u64 {
+    fn invoke_ready(&self, on_worker: bool) -> u64 {
         let _invoker = self.invoker.lock();
         let mut n = 0;
         loop {
@@ -467,25 +430,23 @@ impl Inner {
             if batch.is_empty() {
                 return n;
             }
-            n += self.invoke_batch(batch);
+            n += self.invoke_batch(batch, on_worker);
         }
     }
 
     /// One round of the threaded driver: a grace period for everything queued, then the
     /// callbacks it made ready.
-    fn drive_once(&self) {
+    fn drive_once(&self, on_worker: bool) {
         let target = {
             let mut cbs = self.cbs.lock();
-            if cbs.untagged() {
-                Some(self.start_gp_for_callbacks(&mut cbs))
-            } else {
-                None
-            }
+            if cbs.untagged() { Some(self.start_gp_for_callbacks(&mut cbs)) } else { None }
         };
         match target {
             Some(t) => {
+                self.probe_gp("gp_start", t);
                 self.wait_for_readers(t);
                 self.complete_gp(t);
+                self.probe_gp("gp_end", t);
             }
             // Only callbacks tagged by another driver wait: run a fresh grace period, which
             // implies theirs.
@@ -494,15 +455,12 @@ impl Inner {
             }
             None => {}
         }
-        self.invoke_ready();
+        self.invoke_ready(on_worker);
     }
 
     pub(crate) fn check_not_in_callback(&self, what: &str) {
         let me = thread::current().id();
-        let invoking = *self
-            .invoking_thread
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let invoking = *self.invoking_thread.lock().unwrap_or_else(|e| e.into_inner());
         if invoking == Some(me) {
             panic!(
                 "bpfls-rcu: {what} called from a {} callback: callbacks run in softirq context and \
@@ -551,7 +509,7 @@ impl Inner {
             self.check_worker_panic();
         } else {
             while self.cbs.lock().invoked < target {
-                self.drive_once();
+                self.drive_once(false);
             }
         }
         rcu_event!(self, "barrier_end", callbacks = target);
@@ -591,7 +549,7 @@ impl Inner {
             let _invoker = self.invoker.lock();
             let batch = self.pop_ready(&mut self.cbs.lock(), 1);
             if let Some(obj) = batch.first().map(|cb| cb.obj) {
-                self.invoke_batch(batch);
+                self.invoke_batch(batch, false);
                 return Step::Invoked { obj };
             }
         }
@@ -603,27 +561,21 @@ impl Inner {
                 if cbs.blocked_steps == self.stall_polls {
                     self.report_stall(target, reader, cbs.blocked_steps);
                 }
-                return Step::Blocked {
-                    gp_seq: target as u64,
-                    reader,
-                };
+                return Step::Blocked { gp_seq: target as u64, reader };
             }
             cbs.stepped_gp = None;
             cbs.blocked_steps = 0;
             self.complete_gp(target);
-            return Step::GpEnded {
-                gp_seq: target as u64,
-            };
+            drop(cbs);
+            self.probe_gp("gp_end", target);
+            return Step::GpEnded { gp_seq: target as u64 };
         }
         // 3. Start one if callbacks or waiters need it.
         // ORDERING: Relaxed is enough: under the queue lock, which every writer of `gp_done`
         // in stepped mode holds; this is a demand check, not a safety check.
         let done = self.gp_done.load(Ordering::Relaxed);
         let demand = cbs.untagged()
-            || cbs
-                .queue
-                .front()
-                .is_some_and(|cb| cb.gp.is_some_and(|g| g > done))
+            || cbs.queue.front().is_some_and(|cb| cb.gp.is_some_and(|g| g > done))
             || cbs.requested > done;
         if demand {
             let target = if cbs.untagged() {
@@ -632,9 +584,9 @@ impl Inner {
                 self.start_gp()
             };
             cbs.stepped_gp = Some(target);
-            return Step::GpStarted {
-                gp_seq: target as u64,
-            };
+            drop(cbs);
+            self.probe_gp("gp_start", target);
+            return Step::GpStarted { gp_seq: target as u64 };
         }
         Step::Idle
     }
@@ -653,24 +605,24 @@ impl Inner {
                 }
             }
             let round =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.drive_once()));
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.drive_once(true)));
             if let Err(payload) = round {
-                let msg = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "non-string panic payload".to_owned());
-                *self.worker_panic.lock().unwrap_or_else(|e| e.into_inner()) = Some(msg);
+                self.record_worker_panic(payload);
             }
         }
     }
 
+    fn record_worker_panic(&self, payload: Box<dyn std::any::Any + Send>) {
+        let msg = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string panic payload".to_owned());
+        *self.worker_panic.lock().unwrap_or_else(|e| e.into_inner()) = Some(msg);
+    }
+
     fn check_worker_panic(&self) {
-        let msg = self
-            .worker_panic
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let msg = self.worker_panic.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(msg) = msg {
             panic!(
                 "bpfls-rcu: a {} callback panicked on the callback worker: {msg}",
@@ -691,7 +643,7 @@ impl Inner {
             if !self.cbs.lock().has_pending() {
                 break;
             }
-            self.drive_once();
+            self.drive_once(false);
         }
         self.cbs.lock().closed = true;
     }
@@ -705,9 +657,6 @@ impl Inner {
     }
 
     pub(crate) fn stall_reports(&self) -> Vec<StallReport> {
-        self.stall_log
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.stall_log.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }

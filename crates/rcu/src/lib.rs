@@ -102,11 +102,7 @@ pub struct UnknownBackend(pub String);
 
 impl fmt::Display for UnknownBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "unknown RCU backend `{}` (expected threaded, stepped or busted)",
-            self.0
-        )
+        write!(f, "unknown RCU backend `{}` (expected threaded, stepped or busted)", self.0)
     }
 }
 
@@ -151,18 +147,12 @@ impl Config {
 
     /// Stepped backend.
     pub fn stepped() -> Self {
-        Config {
-            backend: Backend::Stepped,
-            ..Self::threaded()
-        }
+        Config { backend: Backend::Stepped, ..Self::threaded() }
     }
 
     /// Busted backend (grace periods do not wait).
     pub fn busted() -> Self {
-        Config {
-            backend: Backend::Busted,
-            ..Self::threaded()
-        }
+        Config { backend: Backend::Busted, ..Self::threaded() }
     }
 
     /// The same configuration with another backend.
@@ -172,18 +162,12 @@ impl Config {
 
     /// The same configuration without a callback worker.
     pub fn without_worker(self) -> Self {
-        Config {
-            callback_worker: false,
-            ..self
-        }
+        Config { callback_worker: false, ..self }
     }
 
     /// The same configuration with another stall threshold.
     pub fn with_stall_polls(self, stall_polls: u64) -> Self {
-        Config {
-            stall_polls,
-            ..self
-        }
+        Config { stall_polls, ..self }
     }
 
     /// The same configuration with these probe points.
@@ -280,9 +264,7 @@ impl Domain {
         let inner = Arc::new(Inner::new(kind, cpus, cfg));
         let worker = (cfg.callback_worker && cfg.backend != Backend::Stepped).then(|| {
             let inner = inner.clone();
-            thread::spawn_named(format!("bpfls-{}-cb", kind.name()), move || {
-                inner.worker_loop()
-            })
+            thread::spawn_named(format!("bpfls-{}-cb", kind.name()), move || inner.worker_loop())
         });
         Domain { inner, worker }
     }
@@ -400,9 +382,7 @@ impl Rcu {
     /// If `cpus` is 0.
     pub fn new(cpus: u32, cfg: Config) -> Self {
         assert!(cpus > 0, "bpfls-rcu: an RCU domain needs at least one CPU");
-        Rcu {
-            domain: Domain::new(Kind::Rcu, cpus as usize, &cfg),
-        }
+        Rcu { domain: Domain::new(Kind::Rcu, cpus as usize, &cfg) }
     }
 
     /// Number of CPUs (reader slots).
@@ -438,9 +418,7 @@ pub struct TasksTrace {
 impl TasksTrace {
     /// A domain with no tasks yet.
     pub fn new(cfg: Config) -> Self {
-        TasksTrace {
-            domain: Domain::new(Kind::TasksTrace, 0, &cfg),
-        }
+        TasksTrace { domain: Domain::new(Kind::TasksTrace, 0, &cfg) }
     }
 
     /// Registers task `task` as a reader. The handle unregisters it on drop.

@@ -38,8 +38,7 @@ impl Inner {
         // pairs with `heavy()` in `start_gp` (store-buffering: one side sees the other).
         self.fence.light();
         if self.probes.is_attached() {
-            self.probes
-                .hit("read_lock", reader_cpu(reader), &[("gp_seq", snap as u64)]);
+            self.probes.hit("read_lock", reader_cpu(reader), &[("gp_seq", snap as u64)]);
         }
         rcu_event!(self, "read_lock", reader = %reader, gp_seq = snap as u64);
         1
@@ -96,10 +95,7 @@ pub struct RcuReadGuard<'a> {
 
 impl fmt::Debug for RcuReadGuard<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RcuReadGuard")
-            .field("cpu", &self.cpu)
-            .field("depth", &self.depth)
-            .finish()
+        f.debug_struct("RcuReadGuard").field("cpu", &self.cpu).field("depth", &self.depth).finish()
     }
 }
 
@@ -108,12 +104,7 @@ impl<'a> RcuReadGuard<'a> {
     pub(crate) fn new(inner: &'a Inner, cpu: u32) -> Self {
         let slot = cpu_slot(inner, cpu);
         let depth = inner.enter(slot, ReaderId::Cpu(cpu));
-        RcuReadGuard {
-            inner,
-            cpu,
-            depth,
-            _not_send: PhantomData,
-        }
+        RcuReadGuard { inner, cpu, depth, _not_send: PhantomData }
     }
 
     /// The CPU the section runs on.
@@ -178,9 +169,7 @@ pub struct TaskReader<'d> {
 
 impl fmt::Debug for TaskReader<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TaskReader")
-            .field("task", &self.task)
-            .finish()
+        f.debug_struct("TaskReader").field("task", &self.task).finish()
     }
 }
 
@@ -205,12 +194,7 @@ impl<'d> TaskReader<'d> {
         };
         drop(tasks);
         rcu_event!(inner, "task_register", task);
-        TaskReader {
-            inner,
-            task,
-            index,
-            slot,
-        }
+        TaskReader { inner, task, index, slot }
     }
 
     /// The task id.
@@ -263,10 +247,7 @@ impl<'a> TraceReadGuard<'a> {
     #[inline]
     pub(crate) fn new(inner: &'a Inner, task: &'a TaskReader<'a>) -> Self {
         if !std::ptr::eq(inner, task.inner) {
-            panic!(
-                "bpfls-rcu: task {} is registered with another tasks_trace domain",
-                task.task
-            );
+            panic!("bpfls-rcu: task {} is registered with another tasks_trace domain", task.task);
         }
         let depth = inner.enter(&task.slot, ReaderId::Task(task.task));
         TraceReadGuard { inner, task, depth }
@@ -286,7 +267,6 @@ impl<'a> TraceReadGuard<'a> {
 impl Drop for TraceReadGuard<'_> {
     #[inline]
     fn drop(&mut self) {
-        self.inner
-            .exit(&self.task.slot, self.depth, ReaderId::Task(self.task.task));
+        self.inner.exit(&self.task.slot, self.depth, ReaderId::Task(self.task.task));
     }
 }

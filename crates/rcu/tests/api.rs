@@ -51,10 +51,7 @@ fn callback_waits_for_preexisting_reader_then_runs() {
         let r2 = rcu.clone();
         let barrier = thread::spawn(move || r2.barrier());
         let_others_run();
-        assert!(
-            !ran.load(SeqCst),
-            "callback ran while a pre-existing reader was inside"
-        );
+        assert!(!ran.load(SeqCst), "callback ran while a pre-existing reader was inside");
         drop(guard);
         barrier.join().unwrap();
         assert!(ran.load(SeqCst));
@@ -83,10 +80,7 @@ fn synchronize_waits_for_preexisting_reader_on_another_thread() {
         d.store(true, SeqCst);
     });
     let_others_run();
-    assert!(
-        !done.load(SeqCst),
-        "synchronize returned while a pre-existing reader was inside"
-    );
+    assert!(!done.load(SeqCst), "synchronize returned while a pre-existing reader was inside");
     leave_tx.send(()).unwrap();
     syncer.join().unwrap();
     reader.join().unwrap();
@@ -148,13 +142,7 @@ fn nested_sections_end_with_the_outermost_guard() {
     rcu.call(cb);
     assert!(matches!(rcu.advance(), Step::GpStarted { .. }));
     drop(inner);
-    assert!(matches!(
-        rcu.advance(),
-        Step::Blocked {
-            reader: ReaderId::Cpu(0),
-            ..
-        }
-    ));
+    assert!(matches!(rcu.advance(), Step::Blocked { reader: ReaderId::Cpu(0), .. }));
     drop(outer);
     assert!(matches!(rcu.advance(), Step::GpEnded { .. }));
     assert!(rcu.poll_state(cookie));
@@ -180,18 +168,13 @@ fn cookie_taken_during_a_grace_period_needs_the_next_one() {
     let rcu = Rcu::new(1, Config::stepped());
     let (_ran, cb) = flag();
     rcu.call(cb);
-    let Step::GpStarted { gp_seq } = rcu.advance() else {
-        panic!("expected a GP start")
-    };
+    let Step::GpStarted { gp_seq } = rcu.advance() else { panic!("expected a GP start") };
     // A reader entering now is not waited for by the GP in flight...
     let late = rcu.read_lock(0);
     let c = rcu.get_state();
     assert_eq!(c.gp_seq(), gp_seq + 1);
     assert_eq!(rcu.advance(), Step::GpEnded { gp_seq });
-    assert!(
-        !rcu.poll_state(c),
-        "the GP in flight began before the cookie"
-    );
+    assert!(!rcu.poll_state(c), "the GP in flight began before the cookie");
     // ...but it is waited for by the next one, which the cookie needs.
     assert_eq!(rcu.advance(), Step::Invoked { obj: 0 });
     drop(late);
@@ -250,10 +233,7 @@ fn callbacks_are_guaranteed_to_run_when_the_domain_is_dropped() {
         let rcu = Rcu::new(1, Config::threaded().with_backend(backend));
         rcu.call(cb);
         drop(rcu);
-        assert!(
-            ran.load(SeqCst),
-            "{backend:?}: pending callback lost at drop"
-        );
+        assert!(ran.load(SeqCst), "{backend:?}: pending callback lost at drop");
     }
 }
 
@@ -279,10 +259,7 @@ fn stats_count_grace_periods_and_bytes() {
     rcu.call_tagged(7, 100, || {});
     rcu.call_tagged(8, 28, || {});
     let s = rcu.stats();
-    assert_eq!(
-        (s.cbs_queued, s.cbs_pending, s.bytes_pending, s.peak_pending),
-        (2, 2, 128, 2)
-    );
+    assert_eq!((s.cbs_queued, s.cbs_pending, s.bytes_pending, s.peak_pending), (2, 2, 128, 2));
     assert_eq!(rcu.advance(), Step::GpStarted { gp_seq: 1 });
     drop(g);
     assert_eq!(rcu.advance(), Step::GpEnded { gp_seq: 1 });
@@ -292,14 +269,7 @@ fn stats_count_grace_periods_and_bytes() {
     assert_eq!(rcu.advance(), Step::Idle);
     let s = rcu.stats();
     assert_eq!(
-        (
-            s.gp_seq,
-            s.gp_started,
-            s.gp_completed,
-            s.cbs_invoked,
-            s.cbs_pending,
-            s.bytes_pending
-        ),
+        (s.gp_seq, s.gp_started, s.gp_completed, s.cbs_invoked, s.cbs_pending, s.bytes_pending),
         (1, 1, 1, 2, 0, 0)
     );
     assert_eq!(s.max_queued_per_gp, 2);
@@ -313,29 +283,13 @@ fn stepped_grace_period_advances_only_when_driven() {
     let (ran, cb) = flag();
     rcu.call(cb);
     let_others_run();
-    assert_eq!(
-        rcu.stats().gp_started,
-        0,
-        "stepped GPs start only in advance()"
-    );
+    assert_eq!(rcu.stats().gp_started, 0, "stepped GPs start only in advance()");
     let reader = rcu.read_lock(1);
     assert_eq!(rcu.advance(), Step::GpStarted { gp_seq: 1 });
     // A reader that starts after the GP began does not hold it.
     let late = rcu.read_lock(0);
-    assert_eq!(
-        rcu.advance(),
-        Step::Blocked {
-            gp_seq: 1,
-            reader: ReaderId::Cpu(1)
-        }
-    );
-    assert_eq!(
-        rcu.advance(),
-        Step::Blocked {
-            gp_seq: 1,
-            reader: ReaderId::Cpu(1)
-        }
-    );
+    assert_eq!(rcu.advance(), Step::Blocked { gp_seq: 1, reader: ReaderId::Cpu(1) });
+    assert_eq!(rcu.advance(), Step::Blocked { gp_seq: 1, reader: ReaderId::Cpu(1) });
     drop(reader);
     assert!(!ran.load(SeqCst));
     assert_eq!(rcu.advance(), Step::GpEnded { gp_seq: 1 });
@@ -416,10 +370,7 @@ fn policy_after_tasks_trace_waits_for_trace_readers_only() {
     let _rcu = d.rcu.read_lock(0);
     let (ran, cb) = flag();
     d.defer(ReclaimPolicy::AfterTasksTrace, 1, 8, cb);
-    assert!(matches!(
-        d.tasks_trace.advance_until_quiet(),
-        Step::Blocked { .. }
-    ));
+    assert!(matches!(d.tasks_trace.advance_until_quiet(), Step::Blocked { .. }));
     assert!(!ran.load(SeqCst));
     drop(trace);
     // trace_implies_rcu: the RCU reader on CPU 0 does not matter.
@@ -435,26 +386,14 @@ fn chained_policy_waits_for_both_domains_in_order() {
     let trace = d.tasks_trace.read_lock(&task);
     let (ran, cb) = flag();
     d.defer(d.sleepable_policy(), 5, 8, cb);
-    assert!(matches!(
-        d.tasks_trace.advance_until_quiet(),
-        Step::Blocked { .. }
-    ));
+    assert!(matches!(d.tasks_trace.advance_until_quiet(), Step::Blocked { .. }));
     drop(trace);
     // An RCU reader that is inside when the chain reaches the RCU domain holds the free.
     let rcu_reader = d.rcu.read_lock(0);
     assert_eq!(d.tasks_trace.advance_until_quiet(), Step::Idle);
-    assert!(
-        !ran.load(SeqCst),
-        "chained free ran before its RCU grace period"
-    );
+    assert!(!ran.load(SeqCst), "chained free ran before its RCU grace period");
     assert_eq!(d.rcu.stats().cbs_pending, 1);
-    assert!(matches!(
-        d.rcu.advance_until_quiet(),
-        Step::Blocked {
-            reader: ReaderId::Cpu(0),
-            ..
-        }
-    ));
+    assert!(matches!(d.rcu.advance_until_quiet(), Step::Blocked { reader: ReaderId::Cpu(0), .. }));
     drop(rcu_reader);
     assert_eq!(d.rcu.advance_until_quiet(), Step::Idle);
     assert!(ran.load(SeqCst));
@@ -462,14 +401,8 @@ fn chained_policy_waits_for_both_domains_in_order() {
 
 #[test]
 fn trace_implies_rcu_knob_selects_the_policy() {
-    assert_eq!(
-        ReclaimPolicy::for_sleepable_readers(true),
-        ReclaimPolicy::AfterTasksTrace
-    );
-    assert_eq!(
-        ReclaimPolicy::for_sleepable_readers(false),
-        ReclaimPolicy::AfterTasksTraceThenRcu
-    );
+    assert_eq!(ReclaimPolicy::for_sleepable_readers(true), ReclaimPolicy::AfterTasksTrace);
+    assert_eq!(ReclaimPolicy::for_sleepable_readers(false), ReclaimPolicy::AfterTasksTraceThenRcu);
     for implies in [true, false] {
         let d = Domains::new(2, Config::threaded(), implies);
         assert_eq!(d.trace_implies_rcu(), implies);
@@ -505,15 +438,7 @@ fn policy_names_are_stable() {
     .iter()
     .map(|p| p.name())
     .collect();
-    assert_eq!(
-        names,
-        [
-            "now",
-            "after_rcu",
-            "after_tasks_trace",
-            "after_tasks_trace_then_rcu"
-        ]
-    );
+    assert_eq!(names, ["now", "after_rcu", "after_tasks_trace", "after_tasks_trace_then_rcu"]);
     for b in [Backend::Threaded, Backend::Stepped, Backend::Busted] {
         assert_eq!(Backend::from_name(b.name()), Ok(b));
     }
@@ -534,10 +459,7 @@ fn busted_grace_periods_do_not_wait() {
     let (ran, cb) = flag();
     rcu.call(cb);
     rcu.barrier();
-    assert!(
-        ran.load(SeqCst),
-        "busted engine ran the callback under a live reader"
-    );
+    assert!(ran.load(SeqCst), "busted engine ran the callback under a live reader");
 }
 
 // ----- stalls ---------------------------------------------------------------------------------
@@ -552,10 +474,7 @@ fn threaded_stall_is_reported_and_clears() {
         thread::yield_now();
     }
     let report = rcu.stall_reports()[0].clone();
-    assert_eq!(
-        (report.domain, report.reader, report.gp_seq),
-        ("rcu", ReaderId::Cpu(1), 1)
-    );
+    assert_eq!((report.domain, report.reader, report.gp_seq), ("rcu", ReaderId::Cpu(1), 1));
     assert!(report.polls >= 50);
     drop(g);
     syncer.join().unwrap();
@@ -570,13 +489,7 @@ fn stepped_stall_is_reported_after_the_threshold() {
     tt.call(|| {});
     assert!(matches!(tt.advance(), Step::GpStarted { .. }));
     for _ in 0..5 {
-        assert!(matches!(
-            tt.advance(),
-            Step::Blocked {
-                reader: ReaderId::Task(77),
-                ..
-            }
-        ));
+        assert!(matches!(tt.advance(), Step::Blocked { reader: ReaderId::Task(77), .. }));
     }
     let reports = tt.stall_reports();
     assert_eq!(reports.len(), 1);
@@ -599,21 +512,14 @@ impl ProbeHook for SiteLog {
         Verdict::Continue
     }
     fn wait(&self, _: &ProbeEvent<'_>) -> WaitVerdict {
-        if self.deadlock.load(SeqCst) {
-            WaitVerdict::Deadlock
-        } else {
-            WaitVerdict::Retry
-        }
+        if self.deadlock.load(SeqCst) { WaitVerdict::Deadlock } else { WaitVerdict::Retry }
     }
 }
 
 #[test]
 fn probe_points_see_the_lifecycle_in_order() {
     let log = Arc::new(SiteLog::default());
-    let rcu = Rcu::new(
-        1,
-        Config::stepped().with_probes(Probes::with_hook(log.clone())),
-    );
+    let rcu = Rcu::new(1, Config::stepped().with_probes(Probes::with_hook(log.clone())));
     {
         let _g = rcu.read_lock(0);
         rcu.call_tagged(3, 8, || {});
@@ -621,14 +527,7 @@ fn probe_points_see_the_lifecycle_in_order() {
     rcu.advance_until_quiet();
     assert_eq!(
         *log.sites.lock().unwrap(),
-        [
-            "read_lock",
-            "call",
-            "read_unlock",
-            "gp_start",
-            "gp_end",
-            "callback_invoke"
-        ]
+        ["read_lock", "call", "read_unlock", "gp_start", "gp_end", "callback_invoke"]
     );
 }
 
@@ -649,10 +548,7 @@ fn barrier_from_a_callback_is_refused() {
     let r = Arc::downgrade(&rcu);
     rcu.call(move || r.upgrade().unwrap().barrier());
     let msg = panic_message(|| rcu.barrier());
-    assert!(
-        msg.contains("barrier() called from a rcu callback"),
-        "{msg}"
-    );
+    assert!(msg.contains("barrier() called from a rcu callback"), "{msg}");
     // The domain is still usable.
     let (ran, cb) = flag();
     rcu.call(cb);
@@ -667,10 +563,7 @@ fn synchronize_from_a_callback_on_the_worker_is_reported_by_barrier() {
     tt.call(move || t.upgrade().unwrap().synchronize());
     let msg = panic_message(|| tt.barrier());
     assert!(msg.contains("panicked on the callback worker"), "{msg}");
-    assert!(
-        msg.contains("synchronize() called from a tasks_trace callback"),
-        "{msg}"
-    );
+    assert!(msg.contains("synchronize() called from a tasks_trace callback"), "{msg}");
     // The worker survived.
     let (ran, cb) = flag();
     tt.call(cb);
@@ -707,10 +600,7 @@ fn unbalanced_nesting_is_refused() {
 fn cpu_out_of_range_is_refused() {
     let rcu = Rcu::new(2, Config::stepped());
     let msg = panic_message(|| drop(rcu.read_lock(2)));
-    assert!(
-        msg.contains("CPU 2 is out of range: the rcu domain has 2 CPUs"),
-        "{msg}"
-    );
+    assert!(msg.contains("CPU 2 is out of range: the rcu domain has 2 CPUs"), "{msg}");
     let msg = panic_message(|| drop(Rcu::new(0, Config::stepped())));
     assert!(msg.contains("at least one CPU"), "{msg}");
 }
@@ -723,19 +613,13 @@ fn task_misuse_is_refused() {
     let msg = panic_message(|| drop(tt.register_task(1)));
     assert!(msg.contains("task 1 is already registered"), "{msg}");
     let msg = panic_message(|| drop(other.read_lock(&t)));
-    assert!(
-        msg.contains("registered with another tasks_trace domain"),
-        "{msg}"
-    );
+    assert!(msg.contains("registered with another tasks_trace domain"), "{msg}");
     let msg = panic_message(|| {
         let t2 = tt.register_task(2);
         std::mem::forget(tt.read_lock(&t2));
         drop(t2);
     });
-    assert!(
-        msg.contains("task 2 exited inside an RCU Tasks Trace read-side section"),
-        "{msg}"
-    );
+    assert!(msg.contains("task 2 exited inside an RCU Tasks Trace read-side section"), "{msg}");
     // Task ids are reusable after exit.
     drop(t);
     let t = tt.register_task(1);

@@ -23,14 +23,8 @@ fn flood(domain: &Domain, n: u64) {
     let s = domain.stats();
     eprintln!("{} flood of {n}: {s:?}", domain.name());
     assert_eq!(invoked.load(Ordering::Relaxed), n);
-    assert_eq!(
-        (s.cbs_queued, s.cbs_invoked, s.cbs_pending, s.bytes_pending),
-        (n, n, 0, 0)
-    );
-    assert!(
-        s.gp_completed >= 3,
-        "grace periods did not flow during the flood"
-    );
+    assert_eq!((s.cbs_queued, s.cbs_invoked, s.cbs_pending, s.bytes_pending), (n, n, 0, 0));
+    assert!(s.gp_completed >= 3, "grace periods did not flow during the flood");
     assert!(
         s.peak_pending <= 2 * s.max_queued_per_gp,
         "peak pending {} exceeds the callbacks of two grace periods ({})",
@@ -58,10 +52,7 @@ fn pinned(domain: &Domain, reader: ReaderId, hold: impl FnOnce(&dyn Fn())) {
             std::thread::yield_now();
         }
         let s = domain.stats();
-        assert_eq!(
-            s.cbs_invoked, 0,
-            "a callback ran under a reader that never left"
-        );
+        assert_eq!(s.cbs_invoked, 0, "a callback ran under a reader that never left");
         assert_eq!((s.cbs_pending, s.bytes_pending), (10_000, 320_000));
         assert_eq!(domain.stall_reports()[0].reader, reader);
     });

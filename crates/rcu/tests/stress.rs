@@ -130,9 +130,8 @@ fn torture(flavour: &dyn Flavour, readers: usize, sections: u64) -> Report {
                 (&pool, &current, &total, &readers_left, &stop);
             s.spawn(move || {
                 let mut report = Report::default();
-                flavour.read_sections(id, sections, &mut |n| {
-                    read_once(pool, current, n, &mut report)
-                });
+                flavour
+                    .read_sections(id, sections, &mut |n| read_once(pool, current, n, &mut report));
                 let mut t = total.lock().unwrap();
                 t.sections += report.sections;
                 t.mberror += report.mberror;
@@ -220,24 +219,11 @@ fn torture(flavour: &dyn Flavour, readers: usize, sections: u64) -> Report {
 fn check_clean(what: &str, r: &Report, sections: u64) {
     eprintln!("{what}: {r:?}");
     assert_eq!(r.sections, sections, "{what}");
-    assert_eq!(
-        r.mberror, 0,
-        "{what}: a reader saw a poisoned or recycled object"
-    );
-    assert_eq!(
-        r.beyond_one(),
-        0,
-        "{what}: pipe histogram has entries beyond 1"
-    );
+    assert_eq!(r.mberror, 0, "{what}: a reader saw a poisoned or recycled object");
+    assert_eq!(r.beyond_one(), 0, "{what}: pipe histogram has entries beyond 1");
     assert_eq!(r.alloc_fail, 0, "{what}: the free list ran empty");
-    assert!(
-        r.grace_periods >= 30,
-        "{what}: too few grace periods for a meaningful run"
-    );
-    assert!(
-        r.recycled > 0,
-        "{what}: nothing was recycled, the test is vacuous"
-    );
+    assert!(r.grace_periods >= 30, "{what}: too few grace periods for a meaningful run");
+    assert!(r.recycled > 0, "{what}: nothing was recycled, the test is vacuous");
 }
 
 const CI_SECTIONS: u64 = 1_000_000;
@@ -251,13 +237,7 @@ fn torture_rcu() {
 
 #[test]
 fn torture_rcu_symmetric_fences() {
-    let rcu = Rcu::new(
-        2,
-        Config {
-            asymmetric_fence: false,
-            ..Config::threaded()
-        },
-    );
+    let rcu = Rcu::new(2, Config { asymmetric_fence: false, ..Config::threaded() });
     let r = torture(&RcuFlavour(&rcu), 2, CI_SECTIONS / 4);
     check_clean("rcu (fence(SeqCst) readers)", &r, CI_SECTIONS / 2);
 }
@@ -342,10 +322,7 @@ fn gc_run(
                 Some(i) => i,
                 None => {
                     domain.barrier();
-                    free.lock()
-                        .unwrap()
-                        .pop()
-                        .expect("barrier recycles the retired batches")
+                    free.lock().unwrap().pop().expect("barrier recycles the retired batches")
                 }
             };
             pool[new].a.store(LIVE, Ordering::Release);
@@ -391,12 +368,6 @@ fn poison_before_free_batch_sweep() {
 fn poison_before_free_catches_the_busted_engine() {
     let rcu = Rcu::new(1, Config::busted());
     let reader = rcu_reader(&rcu);
-    let failures: u64 = [1usize, 16, 256]
-        .iter()
-        .map(|&b| gc_run(&rcu, &reader, b, 200_000))
-        .sum();
-    assert!(
-        failures > 0,
-        "C2 did not notice grace periods that do not wait"
-    );
+    let failures: u64 = [1usize, 16, 256].iter().map(|&b| gc_run(&rcu, &reader, b, 200_000)).sum();
+    assert!(failures > 0, "C2 did not notice grace periods that do not wait");
 }

@@ -37,9 +37,7 @@ impl AsymmetricFence {
     /// Uses `membarrier(2)` when it is available (std build on Linux, not Miri), else
     /// `fence(SeqCst)` on both sides.
     pub fn new() -> Self {
-        Self {
-            expedited: membarrier::register(),
-        }
+        Self { expedited: membarrier::register() }
     }
 
     /// Always `fence(SeqCst)` on both sides.
@@ -90,14 +88,7 @@ mod membarrier {
     fn call(cmd: libc::c_long) -> libc::c_long {
         // SAFETY: membarrier takes two integer arguments (cmd, flags) and a cpu id that is
         // ignored without MEMBARRIER_CMD_FLAG_CPU; it touches no memory of ours.
-        unsafe {
-            libc::syscall(
-                libc::SYS_membarrier,
-                cmd,
-                0 as libc::c_long,
-                0 as libc::c_long,
-            )
-        }
+        unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0 as libc::c_long, 0 as libc::c_long) }
     }
 
     pub(super) fn register() -> bool {
@@ -113,10 +104,7 @@ mod membarrier {
         let r = call(CMD_PRIVATE_EXPEDITED);
         // Registration succeeded, so the command cannot fail short of a kernel bug; a failure
         // would silently void the RCU guarantee, so refuse to go on.
-        assert!(
-            r == 0,
-            "membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) failed after registration"
-        );
+        assert!(r == 0, "membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) failed after registration");
     }
 }
 

@@ -117,10 +117,7 @@ impl<T> fmt::Debug for SpinLockGuard<'_, T> {
 impl<T> SpinLock<T> {
     /// A new unlocked spin lock.
     pub fn new(value: T) -> Self {
-        Self {
-            locked: AtomicBool::new(false),
-            value: UnsafeCell::new(value),
-        }
+        Self { locked: AtomicBool::new(false), value: UnsafeCell::new(value) }
     }
 
     /// Acquires the lock, spinning while it is held.

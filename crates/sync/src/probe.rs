@@ -96,10 +96,7 @@ impl Probes {
 
     /// Probe points with `hook` attached.
     pub fn with_hook(hook: Arc<dyn ProbeHook>) -> Self {
-        Self {
-            hook: Some(hook),
-            clock: Arc::default(),
-        }
+        Self { hook: Some(hook), clock: Arc::default() }
     }
 
     /// Whether a hook is attached.
@@ -156,11 +153,7 @@ mod tests {
     impl ProbeHook for Rec {
         fn hit(&self, e: &ProbeEvent<'_>) -> Verdict {
             self.0.lock().unwrap().push(e.site);
-            if e.site == "fail_me" {
-                Verdict::Fail
-            } else {
-                Verdict::Continue
-            }
+            if e.site == "fail_me" { Verdict::Fail } else { Verdict::Continue }
         }
         fn wait(&self, _: &ProbeEvent<'_>) -> WaitVerdict {
             WaitVerdict::Deadlock
