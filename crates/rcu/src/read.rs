@@ -13,18 +13,23 @@ use std::fmt;
 use std::marker::PhantomData;
 
 impl Inner {
+    /// Whether anyone watches the read side (a probe hook or a TRACE subscriber). Two plain
+    /// loads; the work of reporting lives in cold functions so the fast path stays inlinable.
+    #[inline(always)]
+    fn read_side_observed(&self) -> bool {
+        self.probes.is_attached() || tracing::level_enabled!(tracing::Level::TRACE)
+    }
+
     /// Enters a section on `slot`; returns the new nesting depth.
-    #[inline]
+    #[inline(always)]
     fn enter(&self, slot: &AtomicUsize, reader: ReaderId) -> usize {
         // Only this reader writes its slot, so a plain load sees its own last store.
         let cur = slot.load(Ordering::Relaxed);
         let depth = cur & DEPTH_MASK;
         if depth != 0 {
-            assert!(
-                depth < DEPTH_MASK,
-                "bpfls-rcu: {reader} nested more than {DEPTH_MASK} {} read-side sections",
-                self.kind.name()
-            );
+            if depth == DEPTH_MASK {
+                self.nesting_overflow(reader);
+            }
             slot.store(cur + 1, Ordering::Relaxed);
             return depth + 1;
         }
@@ -37,40 +42,70 @@ impl Inner {
         // ORDERING: the reader's smp_mb() between "store slot" and "load protected data";
         // pairs with `heavy()` in `start_gp` (store-buffering: one side sees the other).
         self.fence.light();
-        if self.probes.is_attached() {
-            self.probes.hit("read_lock", reader_cpu(reader), &[("gp_seq", snap as u64)]);
+        if self.read_side_observed() {
+            self.observe_enter(reader, snap);
         }
-        rcu_event!(self, "read_lock", reader = %reader, gp_seq = snap as u64);
         1
     }
 
     /// Leaves a section entered at nesting depth `depth`.
-    #[inline]
+    #[inline(always)]
     fn exit(&self, slot: &AtomicUsize, depth: usize, reader: ReaderId) {
         let cur = slot.load(Ordering::Relaxed);
-        let now = cur & DEPTH_MASK;
-        if now != depth {
-            if thread::panicking() {
-                return;
-            }
-            panic!(
-                "bpfls-rcu: unbalanced {} read_unlock on {reader}: this guard entered at depth \
-                 {depth} but the section is at depth {now}; read-side sections must be left in \
-                 reverse order of entry",
-                self.kind.name()
-            );
+        if cur & DEPTH_MASK != depth {
+            return self.unbalanced(reader, depth, cur & DEPTH_MASK);
         }
         if depth > 1 {
             slot.store(cur - 1, Ordering::Relaxed);
             return;
         }
+        if self.read_side_observed() {
+            self.observe_exit(reader);
+        }
+        // ORDERING: Release pairs with the Acquire slot load in `first_blocker_id`: a grace
+        // period that sees us gone also sees (happens-after) every access of our section.
+        slot.store(0, Ordering::Release);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn observe_enter(&self, reader: ReaderId, snap: usize) {
+        if self.probes.is_attached() {
+            self.probes.hit("read_lock", reader_cpu(reader), &[("gp_seq", snap as u64)]);
+        }
+        rcu_event!(self, "read_lock", reader = %reader, gp_seq = snap as u64);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn observe_exit(&self, reader: ReaderId) {
         if self.probes.is_attached() {
             self.probes.hit("read_unlock", reader_cpu(reader), &[]);
         }
         rcu_event!(self, "read_unlock", reader = %reader);
-        // ORDERING: Release pairs with the Acquire slot load in `first_blocker_id`: a grace
-        // period that sees us gone also sees (happens-after) every access of our section.
-        slot.store(0, Ordering::Release);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn nesting_overflow(&self, reader: ReaderId) -> ! {
+        panic!(
+            "bpfls-rcu: {reader} nested more than {DEPTH_MASK} {} read-side sections",
+            self.kind.name()
+        );
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn unbalanced(&self, reader: ReaderId, depth: usize, now: usize) {
+        if thread::panicking() {
+            return;
+        }
+        panic!(
+            "bpfls-rcu: unbalanced {} read_unlock on {reader}: this guard entered at depth \
+             {depth} but the section is at depth {now}; read-side sections must be left in \
+             reverse order of entry",
+            self.kind.name()
+        );
     }
 }
 
@@ -88,6 +123,7 @@ fn reader_cpu(r: ReaderId) -> Option<u32> {
 #[must_use = "the section ends when the guard is dropped"]
 pub struct RcuReadGuard<'a> {
     inner: &'a Inner,
+    slot: &'a AtomicUsize,
     cpu: u32,
     depth: usize,
     _not_send: PhantomData<*const ()>,
@@ -100,11 +136,11 @@ impl fmt::Debug for RcuReadGuard<'_> {
 }
 
 impl<'a> RcuReadGuard<'a> {
-    #[inline]
+    #[inline(always)]
     pub(crate) fn new(inner: &'a Inner, cpu: u32) -> Self {
         let slot = cpu_slot(inner, cpu);
         let depth = inner.enter(slot, ReaderId::Cpu(cpu));
-        RcuReadGuard { inner, cpu, depth, _not_send: PhantomData }
+        RcuReadGuard { inner, slot, cpu, depth, _not_send: PhantomData }
     }
 
     /// The CPU the section runs on.
@@ -138,23 +174,28 @@ impl<'a> RcuReadGuard<'a> {
 }
 
 impl Drop for RcuReadGuard<'_> {
-    #[inline]
+    #[inline(always)]
     fn drop(&mut self) {
-        let slot = cpu_slot(self.inner, self.cpu);
-        self.inner.exit(slot, self.depth, ReaderId::Cpu(self.cpu));
+        self.inner.exit(self.slot, self.depth, ReaderId::Cpu(self.cpu));
     }
 }
 
-#[inline]
+#[inline(always)]
 fn cpu_slot(inner: &Inner, cpu: u32) -> &AtomicUsize {
     match inner.cpu_slots.get(cpu as usize) {
         Some(s) => s,
-        None => panic!(
-            "bpfls-rcu: CPU {cpu} is out of range: the {} domain has {} CPUs",
-            inner.kind.name(),
-            inner.cpu_slots.len()
-        ),
+        None => cpu_out_of_range(inner, cpu),
     }
+}
+
+#[cold]
+#[inline(never)]
+fn cpu_out_of_range(inner: &Inner, cpu: u32) -> ! {
+    panic!(
+        "bpfls-rcu: CPU {cpu} is out of range: the {} domain has {} CPUs",
+        inner.kind.name(),
+        inner.cpu_slots.len()
+    )
 }
 
 /// A task registered as a Tasks-Trace reader (the per-task `trc_reader_nesting` state).
@@ -230,6 +271,7 @@ impl Drop for TaskReader<'_> {
 #[must_use = "the section ends when the guard is dropped"]
 pub struct TraceReadGuard<'a> {
     inner: &'a Inner,
+    slot: &'a AtomicUsize,
     task: &'a TaskReader<'a>,
     depth: usize,
 }
@@ -244,13 +286,14 @@ impl fmt::Debug for TraceReadGuard<'_> {
 }
 
 impl<'a> TraceReadGuard<'a> {
-    #[inline]
+    #[inline(always)]
     pub(crate) fn new(inner: &'a Inner, task: &'a TaskReader<'a>) -> Self {
         if !std::ptr::eq(inner, task.inner) {
-            panic!("bpfls-rcu: task {} is registered with another tasks_trace domain", task.task);
+            foreign_task(task.task);
         }
-        let depth = inner.enter(&task.slot, ReaderId::Task(task.task));
-        TraceReadGuard { inner, task, depth }
+        let slot: &AtomicUsize = &task.slot;
+        let depth = inner.enter(slot, ReaderId::Task(task.task));
+        TraceReadGuard { inner, slot, task, depth }
     }
 
     /// The task.
@@ -264,9 +307,15 @@ impl<'a> TraceReadGuard<'a> {
     }
 }
 
+#[cold]
+#[inline(never)]
+fn foreign_task(task: u64) -> ! {
+    panic!("bpfls-rcu: task {task} is registered with another tasks_trace domain")
+}
+
 impl Drop for TraceReadGuard<'_> {
     #[inline]
     fn drop(&mut self) {
-        self.inner.exit(&self.task.slot, self.depth, ReaderId::Task(self.task.task));
+        self.inner.exit(self.slot, self.depth, ReaderId::Task(self.task.task));
     }
 }

@@ -48,8 +48,7 @@ fn scenario() -> Vec<Record> {
         drop(r);
         d.rcu.advance_until_quiet();
     });
-    let events = capture.0.lock().unwrap().clone();
-    events
+    capture.0.lock().unwrap().clone()
 }
 
 #[test]

@@ -98,11 +98,11 @@ impl Flavour for TraceFlavour<'_> {
 fn read_once(pool: &[Obj], current: &AtomicUsize, n: u64, report: &mut Report) {
     let obj = &pool[current.load(Ordering::Acquire)];
     let generation = obj.generation.load(Ordering::Acquire);
-    let spins = if n % 128 == 0 { 2000 } else { 8 };
+    let spins = if n.is_multiple_of(128) { 2000 } else { 8 };
     for _ in 0..spins {
         std::hint::spin_loop();
     }
-    if n % 128 == 0 {
+    if n.is_multiple_of(128) {
         thread::yield_now();
     }
     let pipe = obj.pipe.load(Ordering::Acquire).min(PIPE_LEN);
@@ -303,7 +303,7 @@ fn gc_run(
                 reader(&mut || {
                     let obj = &pool[current.load(Ordering::Acquire)];
                     let generation = obj.generation.load(Ordering::Acquire);
-                    if n % 64 == 0 {
+                    if n.is_multiple_of(64) {
                         thread::yield_now();
                     }
                     let ok = obj.a.load(Ordering::Acquire) == LIVE
