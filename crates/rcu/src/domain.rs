@@ -15,6 +15,9 @@ use std::fmt;
 /// idea: barrier waiters see progress, and a flood does not hold the queue lock long).
 const INVOKE_BATCH: usize = 1024;
 
+// A reader slot packs a 48-bit grace-period snapshot above the depth: 64-bit hosts only.
+const _: () = assert!(usize::BITS >= 64, "bpfls-rcu needs a 64-bit host (reader slot layout)");
+
 /// Low bits of a reader slot: the nesting depth of the section (0 = not inside).
 pub(crate) const DEPTH_BITS: u32 = 16;
 pub(crate) const DEPTH_MASK: usize = (1 << DEPTH_BITS) - 1;
@@ -70,7 +73,7 @@ pub(crate) struct CbState {
     requested: usize,
     /// The grace period the stepped driver has in flight.
     stepped_gp: Option<usize>,
-    /// Consecutive `advance` calls that found `stepped_gp` blocked.
+    /// `advance` calls that found `stepped_gp` blocked (reset when it ends).
     blocked_steps: u64,
     /// The worker must exit once the lists are empty.
     shutdown: bool,
@@ -544,6 +547,7 @@ impl Inner {
 
     /// One deterministic step of the grace-period machinery (see [`Step`]).
     pub(crate) fn advance(&self) -> Step {
+        self.check_not_in_callback("advance()");
         // 1. A ready callback runs first (one per step, so a trace shows each free).
         {
             let _invoker = self.invoker.lock();

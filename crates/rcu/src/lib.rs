@@ -123,7 +123,8 @@ pub struct Config {
     /// Use `membarrier(2)` so readers pay only a compiler barrier (std builds on Linux;
     /// ignored under the model checkers, which always use `fence(SeqCst)` on both sides).
     pub asymmetric_fence: bool,
-    /// Probe points: `gp_start`, `gp_end`, `call`, `callback_invoke`, `barrier`, `gp_wait`.
+    /// Probe points: `read_lock`, `read_unlock`, `call`, `gp_start`, `gp_wait` (a waiter that
+    /// cannot make progress), `gp_end`, `callback_invoke`, `barrier`, `reclaim_now`.
     pub probes: Probes,
 }
 

@@ -3,6 +3,10 @@
 //! A reader's whole state is one word in its slot (`snap << DEPTH_BITS | depth`), written only
 //! by the reader itself, so the fast path is a load, a store and a barrier: no read-modify-write
 //! and no shared cache line with other readers.
+//!
+//! Every store to a slot is `Release` (a plain `mov` on x86): a grace-period scan decides from
+//! whatever slot value it reads, and that value must carry the reader's earlier accesses with
+//! it, whichever store wrote it.
 
 use crate::ReaderId;
 use crate::domain::{DEPTH_BITS, DEPTH_MASK, Inner, Kind, Slot, rcu_event};
@@ -30,7 +34,9 @@ impl Inner {
             if depth == DEPTH_MASK {
                 self.nesting_overflow(reader);
             }
-            slot.store(cur + 1, Ordering::Relaxed);
+            // ORDERING: Release, like every slot store (see the module doc):
+            // a scan that reads this value must also see everything before it.
+            slot.store(cur + 1, Ordering::Release);
             return depth + 1;
         }
         // ORDERING: Acquire pairs with the AcqRel RMW on `gp_seq` in `start_gp` (and the
@@ -38,7 +44,12 @@ impl Inner {
         // a grace period's target, and so will not be waited for by it, we also see every
         // store the updater made before starting it (the unpublished pointer).
         let snap = self.gp_seq.load(Ordering::Acquire);
-        slot.store(snap << DEPTH_BITS | 1, Ordering::Relaxed);
+        // ORDERING: Release, although this store only *announces* a section: a scan that reads
+        // it (and so skips us, when `snap` is new enough) must also see the accesses of our
+        // previous section, which the earlier Release store of 0 no longer guarantees once a
+        // later plain store overwrote it (C++20 release sequences contain only RMWs). Found by
+        // a loom model of a reader that leaves and re-enters (`loom_reentry.rs`).
+        slot.store(snap << DEPTH_BITS | 1, Ordering::Release);
         // ORDERING: the reader's smp_mb() between "store slot" and "load protected data";
         // pairs with `heavy()` in `start_gp` (store-buffering: one side sees the other).
         self.fence.light();
@@ -53,10 +64,11 @@ impl Inner {
     fn exit(&self, slot: &AtomicUsize, depth: usize, reader: ReaderId) {
         let cur = slot.load(Ordering::Relaxed);
         if cur & DEPTH_MASK != depth {
-            return self.unbalanced(reader, depth, cur & DEPTH_MASK);
+            return self.unbalanced(slot, reader, depth, cur);
         }
         if depth > 1 {
-            slot.store(cur - 1, Ordering::Relaxed);
+            // ORDERING: Release, as in `enter`.
+            slot.store(cur - 1, Ordering::Release);
             return;
         }
         if self.read_side_observed() {
@@ -73,7 +85,10 @@ impl Inner {
         if self.probes.is_attached() {
             self.probes.hit("read_lock", reader_cpu(reader), &[("gp_seq", snap as u64)]);
         }
-        rcu_event!(self, "read_lock", reader = %reader, gp_seq = snap as u64);
+        match reader {
+            ReaderId::Cpu(cpu) => rcu_event!(self, "read_lock", cpu, gp_seq = snap as u64),
+            ReaderId::Task(task) => rcu_event!(self, "read_lock", task, gp_seq = snap as u64),
+        }
     }
 
     #[cold]
@@ -82,7 +97,10 @@ impl Inner {
         if self.probes.is_attached() {
             self.probes.hit("read_unlock", reader_cpu(reader), &[]);
         }
-        rcu_event!(self, "read_unlock", reader = %reader);
+        match reader {
+            ReaderId::Cpu(cpu) => rcu_event!(self, "read_unlock", cpu),
+            ReaderId::Task(task) => rcu_event!(self, "read_unlock", task),
+        }
     }
 
     #[cold]
@@ -96,7 +114,15 @@ impl Inner {
 
     #[cold]
     #[inline(never)]
-    fn unbalanced(&self, reader: ReaderId, depth: usize, now: usize) {
+    fn unbalanced(&self, slot: &AtomicUsize, reader: ReaderId, depth: usize, cur: usize) {
+        let now = cur & DEPTH_MASK;
+        if depth < now {
+            // Sections entered after ours are still open: leaving ours ends them too, so the
+            // domain does not stay wedged by guards that will be dropped out of order.
+            let value = if depth == 1 { 0 } else { cur & !DEPTH_MASK | (depth - 1) };
+            // ORDERING: Release, as in `exit`.
+            slot.store(value, Ordering::Release);
+        }
         if thread::panicking() {
             return;
         }

@@ -594,6 +594,31 @@ fn unbalanced_nesting_is_refused() {
     });
     assert!(msg.contains("unbalanced rcu read_unlock on CPU 0"), "{msg}");
     assert!(msg.contains("reverse order of entry"), "{msg}");
+    // Leaving the outer section ended the inner one too: the domain is not wedged.
+    rcu.synchronize();
+    let msg = panic_message(|| {
+        let a = rcu.read_lock(0);
+        let b = rcu.read_lock(0);
+        let c = rcu.read_lock(0);
+        drop(b);
+        drop(c);
+        drop(a);
+    });
+    assert!(msg.contains("entered at depth 2 but the section is at depth 3"), "{msg}");
+    rcu.synchronize();
+}
+
+#[test]
+fn advance_from_a_callback_is_refused() {
+    let rcu = Arc::new(Rcu::new(1, Config::stepped()));
+    let r = Arc::downgrade(&rcu);
+    rcu.call(move || {
+        r.upgrade().unwrap().advance();
+    });
+    let msg = panic_message(|| {
+        rcu.advance_until_quiet();
+    });
+    assert!(msg.contains("advance() called from a rcu callback"), "{msg}");
 }
 
 #[test]

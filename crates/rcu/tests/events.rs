@@ -89,7 +89,9 @@ fn events_have_stable_fields_and_tell_the_lifecycle() {
     let invoke = events.iter().find(|e| e["op"] == "callback_invoke").unwrap();
     assert_eq!((invoke["obj"].as_str(), invoke["gp_seq"].as_str()), ("41", "1"));
     let lock = events.iter().find(|e| e["op"] == "read_lock").unwrap();
-    assert_eq!(lock["reader"], "task 7");
+    assert_eq!(lock["task"], "7");
+    let rcu_lock = events.iter().find(|e| e["op"] == "read_lock" && e["domain"] == "rcu").unwrap();
+    assert_eq!(rcu_lock["cpu"], "1");
 }
 
 #[test]
