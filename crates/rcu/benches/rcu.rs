@@ -557,6 +557,95 @@ fn bench_flood(s: Settings) -> Vec<String> {
     errors
 }
 
+// ----- 4. scaling over threads -------------------------------------------------------------
+
+/// Runs `op(state, thread)` `iters` times on each of `threads` threads, started together,
+/// where `state = setup(thread)` is made on the thread before the start; returns the
+/// wall-clock ns per operation per thread (equal to the single-thread cost when the operation
+/// scales perfectly).
+fn per_op_threads<S>(
+    threads: usize,
+    iters: u64,
+    setup: impl Fn(usize) -> S + Sync,
+    op: impl Fn(&mut S, usize) + Sync,
+) -> f64 {
+    let start = std::sync::Barrier::new(threads + 1);
+    let (setup, op, start_ref) = (&setup, &op, &start);
+    std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                sc.spawn(move || {
+                    let mut state = setup(t);
+                    start_ref.wait();
+                    for _ in 0..iters {
+                        op(&mut state, t);
+                    }
+                })
+            })
+            .collect();
+        start.wait();
+        let t0 = Instant::now();
+        for h in handles {
+            h.join().unwrap();
+        }
+        ns(t0.elapsed()) / iters as f64
+    })
+}
+
+/// Read side and `call` with 1, 2, 4, ... threads, up to the machine's parallelism (each
+/// reader on its own CPU slot; each crossbeam thread with its own handle).
+fn bench_scaling(s: Settings) {
+    phase("scaling");
+    let max = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let counts: Vec<usize> = [1, 2, 4, 8, 16].into_iter().filter(|&t| t <= max).collect();
+    let rcu = Rcu::new(counts.last().copied().unwrap_or(1) as u32, Config::threaded());
+    let collector = crossbeam_epoch::Collector::new();
+    let n = s.read_iters / 2;
+    let mut rows = Vec::new();
+    for &t in &counts {
+        rows.push(Row::new(
+            format!("rcu read_lock pair, {t} thread(s)"),
+            "local pin()+drop, same threads",
+            interleave(
+                || per_op_threads(t, n, |_| (), |_, i| drop(rcu.read_lock(black_box(i as u32)))),
+                || per_op_threads(t, n, |_| collector.register(), |h, _| drop(h.pin())),
+            ),
+        ));
+    }
+    let calls = s.flood / 10;
+    for &t in &counts {
+        rows.push(Row::new(
+            format!("call (then barrier), {t} thread(s)"),
+            "Box<[u8; 32]> alloc+drop",
+            interleave(
+                || {
+                    let per = per_op_threads(
+                        t,
+                        calls / t as u64,
+                        |_| (),
+                        |_, _| {
+                            let obj = Box::new(black_box([0u8; 32]));
+                            rcu.call(move || drop(black_box(obj)));
+                        },
+                    );
+                    rcu.barrier();
+                    per
+                },
+                || {
+                    per_op_threads(
+                        t,
+                        calls / t as u64,
+                        |_| (),
+                        |_, _| drop(black_box(Box::new([0u8; 32]))),
+                    )
+                },
+            ),
+        ));
+    }
+    print_table("4. scaling over threads (ns per op per thread; flat = scales)", &rows);
+    println!("threads measured: {counts:?} (available parallelism {max})");
+}
+
 fn main() {
     let s = Settings::from_args();
     let started = Instant::now();
@@ -569,6 +658,7 @@ fn main() {
     bench_read(s);
     bench_synchronize(s);
     let errors = bench_flood(s);
+    bench_scaling(s);
     *PHASE.lock().unwrap_or_else(|e| e.into_inner()) = None;
     println!("\ntotal run time {:.1} s", started.elapsed().as_secs_f64());
     if !errors.is_empty() {

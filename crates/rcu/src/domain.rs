@@ -11,6 +11,11 @@ use bpfls_sync::{Arc, AsymmetricFence, Backoff, CachePadded, Condvar, Mutex, thr
 use std::collections::VecDeque;
 use std::fmt;
 
+/// The worker starts a grace period once this many callbacks wait for one...
+const GATHER_BATCH: u64 = 256;
+/// ...or after yielding this many times, whichever comes first.
+const GATHER_YIELDS: u32 = 16;
+
 /// Most callbacks invoked between two updates of the invoked count (the kernel's `blimit`
 /// idea: barrier waiters see progress, and a flood does not hold the queue lock long).
 const INVOKE_BATCH: usize = 1024;
@@ -77,6 +82,11 @@ pub(crate) struct CbState {
     blocked_steps: u64,
     /// The worker must exit once the lists are empty.
     shutdown: bool,
+    /// The worker sleeps on `work_cv` (so `call` must wake it; otherwise it need not: a
+    /// condvar notify is a syscall even with no waiter).
+    worker_idle: bool,
+    /// Threads sleeping in `barrier` on `done_cv`.
+    barrier_waiters: usize,
     /// The owning value was dropped: new callbacks run at once (no reader can exist).
     closed: bool,
 }
@@ -198,18 +208,32 @@ impl Inner {
     /// before this increment (its snapshot is below the target) must leave before the grace
     /// period may complete.
     fn start_gp(&self) -> usize {
+        let target = self.bump_gp_seq();
+        self.gp_barrier();
+        target
+    }
+
+    /// The first half of [`start_gp`](Self::start_gp): the increment. Cheap, so it may run
+    /// under the callback-queue lock; [`gp_barrier`](Self::gp_barrier) must follow (outside
+    /// the lock: it may be a `membarrier(2)` syscall) before the first scan.
+    fn bump_gp_seq(&self) -> usize {
         // ORDERING: AcqRel: the Release half heads a release sequence that the reader's
         // Acquire load of `gp_seq` (in `enter`) synchronizes with, so everything this thread
         // (or a thread that synchronized with it, e.g. through the callback-queue lock or the
         // RMW in `get_state`) did before is visible to a reader that snapshots the new value.
         let target = self.gp_seq.fetch_add(1, Ordering::AcqRel) + 1;
-        // ORDERING: the updater half of the store-buffering pair with `enter`'s light()
-        // between "store slot" and "load protected pointer": either the reader's slot store is
-        // visible to our scan below, or the reader's later loads see everything before here.
-        self.fence.heavy();
         self.stats.gp_started.fetch_add(1, untracked::Ordering::Relaxed);
         rcu_event!(self, "gp_start", gp_seq = target as u64);
         target
+    }
+
+    /// The second half of [`start_gp`](Self::start_gp).
+    fn gp_barrier(&self) {
+        // ORDERING: the updater half of the store-buffering pair with `enter`'s light()
+        // between "store slot" and "load protected pointer": either the reader's slot store is
+        // visible to our scan, or the reader's later loads see everything before the
+        // increment.
+        self.fence.heavy();
     }
 
     /// Marks `target` complete (and every older one).
@@ -336,25 +360,26 @@ impl Inner {
         cbs.queue.push_back(Cb { gp: None, obj, bytes, f });
         cbs.queued += 1;
         let pending = cbs.queued - cbs.invoked;
-        let first = cbs.queue.len() == 1;
+        let wake = std::mem::take(&mut cbs.worker_idle);
         drop(cbs);
         self.stats.cbs_queued.fetch_add(1, untracked::Ordering::Relaxed);
         self.stats.bytes_pending.fetch_add(bytes as u64, untracked::Ordering::Relaxed);
         self.stats.peak_pending.fetch_max(pending, untracked::Ordering::Relaxed);
         self.probes.hit("call", None, &[("obj", obj), ("bytes", bytes as u64)]);
         rcu_event!(self, "call", obj, bytes = bytes as u64);
-        if first {
+        if wake {
             self.work_cv.notify_one();
         }
     }
 
     /// Starts a grace period that covers every callback queued so far that has none yet
-    /// (the kernel's "accelerate" step). Returns the target, or `None` when nothing waits.
+    /// (the kernel's "accelerate" step) and returns its target. The caller must run
+    /// [`gp_barrier`](Self::gp_barrier) after releasing the lock and before scanning.
     fn start_gp_for_callbacks(&self, cbs: &mut CbState) -> usize {
         // The RMW happens under the queue lock, after every enqueue it covers: the lock makes
         // each enqueuer's prior stores happen-before the RMW, whose release sequence carries
         // them to any reader that snapshots the new target (see `start_gp`).
-        let target = self.start_gp();
+        let target = self.bump_gp_seq();
         for cb in cbs.queue.iter_mut().rev() {
             if cb.gp.is_some() {
                 break;
@@ -416,8 +441,11 @@ impl Inner {
         for cb in batch.rev() {
             cbs.queue.push_front(cb);
         }
+        let waiters = cbs.barrier_waiters > 0;
         drop(cbs);
-        self.done_cv.notify_all();
+        if waiters {
+            self.done_cv.notify_all();
+        }
         if let Some(payload) = panicked {
             std::panic::resume_unwind(payload);
         }
@@ -446,6 +474,7 @@ impl Inner {
         };
         match target {
             Some(t) => {
+                self.gp_barrier();
                 self.probe_gp("gp_start", t);
                 self.wait_for_readers(t);
                 self.complete_gp(t);
@@ -502,12 +531,14 @@ impl Inner {
             self.stepped_wait("barrier()", || self.cbs.lock().invoked >= target);
         } else if has_worker {
             let mut cbs = self.cbs.lock();
+            cbs.barrier_waiters += 1;
             while cbs.invoked < target {
-                if cbs.has_pending() {
+                if std::mem::take(&mut cbs.worker_idle) {
                     self.work_cv.notify_one();
                 }
                 cbs = self.done_cv.wait(cbs);
             }
+            cbs.barrier_waiters -= 1;
             drop(cbs);
             self.check_worker_panic();
         } else {
@@ -585,10 +616,11 @@ impl Inner {
             let target = if cbs.untagged() {
                 self.start_gp_for_callbacks(&mut cbs)
             } else {
-                self.start_gp()
+                self.bump_gp_seq()
             };
             cbs.stepped_gp = Some(target);
             drop(cbs);
+            self.gp_barrier();
             self.probe_gp("gp_start", target);
             return Step::GpStarted { gp_seq: target as u64 };
         }
@@ -602,17 +634,36 @@ impl Inner {
             {
                 let mut cbs = self.cbs.lock();
                 while !cbs.has_pending() && !cbs.shutdown {
+                    cbs.worker_idle = true;
                     cbs = self.work_cv.wait(cbs);
+                    cbs.worker_idle = false;
                 }
                 if !cbs.has_pending() && cbs.shutdown {
                     return;
                 }
             }
+            self.gather();
             let round =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.drive_once(true)));
             if let Err(payload) = round {
                 self.record_worker_panic(payload);
             }
+        }
+    }
+
+    /// Lets a few more callbacks join the next grace period before the worker starts it, the
+    /// way the kernel's callbacks wait for the next tick: a grace period (a `membarrier(2)`,
+    /// which interrupts every running thread) per handful of callbacks would cost the callers
+    /// more than the wait. Yields a bounded number of times, never when someone waits.
+    fn gather(&self) {
+        for _ in 0..GATHER_YIELDS {
+            let cbs = self.cbs.lock();
+            let fresh = cbs.queued - cbs.queued_at_gp_start;
+            if fresh >= GATHER_BATCH || cbs.barrier_waiters > 0 || cbs.shutdown {
+                return;
+            }
+            drop(cbs);
+            thread::yield_now();
         }
     }
 
