@@ -13,8 +13,9 @@ use std::fmt;
 
 /// The worker starts a grace period once this many callbacks wait for one...
 const GATHER_BATCH: u64 = 256;
-/// ...or after yielding this many times, whichever comes first.
-const GATHER_YIELDS: u32 = 16;
+/// ...or after this many backoff polls (spins, then yields: tens of microseconds when the
+/// callers keep the other CPUs busy), whichever comes first.
+const GATHER_POLLS: u64 = 96;
 
 /// Most callbacks invoked between two updates of the invoked count (the kernel's `blimit`
 /// idea: barrier waiters see progress, and a flood does not hold the queue lock long).
@@ -654,16 +655,17 @@ impl Inner {
     /// Lets a few more callbacks join the next grace period before the worker starts it, the
     /// way the kernel's callbacks wait for the next tick: a grace period (a `membarrier(2)`,
     /// which interrupts every running thread) per handful of callbacks would cost the callers
-    /// more than the wait. Yields a bounded number of times, never when someone waits.
+    /// more than the wait. Waits a bounded number of polls, never when someone waits.
     fn gather(&self) {
-        for _ in 0..GATHER_YIELDS {
+        let mut backoff = Backoff::new();
+        while backoff.polls() < GATHER_POLLS {
             let cbs = self.cbs.lock();
             let fresh = cbs.queued - cbs.queued_at_gp_start;
             if fresh >= GATHER_BATCH || cbs.barrier_waiters > 0 || cbs.shutdown {
                 return;
             }
             drop(cbs);
-            thread::yield_now();
+            backoff.wait();
         }
     }
 
