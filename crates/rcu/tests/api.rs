@@ -659,3 +659,25 @@ fn stepped_synchronize_blocked_forever_is_reported_not_hung() {
     assert!(msg.contains("would wait forever"), "{msg}");
     assert!(msg.contains("waits for CPU 1"), "{msg}");
 }
+
+#[test]
+fn accessors_report_the_configuration() {
+    let d = Domains::new(3, Config::stepped(), true);
+    assert_eq!((d.rcu.name(), d.tasks_trace.name()), ("rcu", "tasks_trace"));
+    assert_eq!(d.rcu.backend(), Backend::Stepped);
+    assert_eq!(d.rcu.cpus(), 3);
+    assert!(format!("{:?}", d.rcu).contains("rcu"));
+    let sym = Rcu::new(1, Config { asymmetric_fence: false, ..Config::threaded() });
+    assert!(!sym.is_expedited());
+    let task = d.tasks_trace.register_task(11);
+    assert_eq!(task.task(), 11);
+    assert!(!task.in_section());
+    let g = d.tasks_trace.read_lock(&task);
+    assert!(task.in_section());
+    drop(g);
+    assert!(!task.in_section());
+    let c = d.rcu.get_state();
+    assert_eq!(c.gp_seq(), 1);
+    assert_eq!(ReaderId::Cpu(2).to_string(), "CPU 2");
+    assert_eq!(ReaderId::Task(7).to_string(), "task 7");
+}
