@@ -188,8 +188,10 @@
 //!
 //! **Why callbacks get their target when a grace period starts for them.** [`call`] does not
 //! read `gp_seq` at all: it pushes the callback, untagged, onto the queue under the queue lock.
-//! The target is assigned later, in `start_gp_for_callbacks`, which runs the `start_gp` RMW
-//! *under the same lock* and tags every untagged callback with its target. The lock makes
+//! The target is assigned later, in `start_gp_for_callbacks`, which runs the grace period's
+//! RMW (`bump_gp_seq`) *under the same lock* and tags every untagged callback with its target;
+//! the heavy barrier (`gp_barrier`, possibly a `membarrier(2)` syscall) follows after the lock
+//! is released and before the first scan, so callers of `call` never wait for a syscall. The lock makes
 //! each enqueuer's prior stores (its unpublish) happen-before the RMW, and the RMW's release
 //! half carries them to any reader that snapshots the new target, the same chain as for
 //! `get_state`, with the lock in place of the cookie's RMW. Tagging at `call` time would need
@@ -265,7 +267,9 @@
 //! run". Callbacks queued after the snapshot are not waited for, as in the kernel.
 //!
 //! How `barrier` waits depends on the driver: with a callback worker it sleeps on a condition
-//! variable that every batch notifies (and nudges the worker); without one it drives grace
+//! variable that the worker notifies after each batch (and nudges the worker if it sleeps);
+//! notifications are only sent when someone sleeps (`worker_idle`, `barrier_waiters`),
+//! because a condvar notify is a syscall even with no waiter; without one it drives grace
 //! periods and invocations itself (`drive_once`) until the count is reached; in stepped mode it
 //! waits through the probes or drives [`advance`](crate::Domain::advance) itself (below).
 //! [`Domains::barrier_all`](crate::Domains::barrier_all) runs the Tasks-Trace barrier first and
@@ -281,8 +285,9 @@
 //!   concurrent callers run independent grace periods, each waiting only for readers older than
 //!   its own increment. Callbacks are batched by the **callback worker** thread (when
 //!   [`Config::callback_worker`](crate::Config::callback_worker) is set, the default outside
-//!   the model checkers): each round (`drive_once`) starts one grace period for every
-//!   untagged callback, waits for it, completes it, and invokes what became ready. If only
+//!   the model checkers): each round first *gathers* (waits a bounded backoff, or until 256
+//!   callbacks wait, since each grace period's `membarrier(2)` interrupts every running
+//!   caller), then (`drive_once`) starts one grace period for every untagged callback, waits for it, completes it, and invokes what became ready. If only
 //!   callbacks tagged by another driver are waiting, it runs a fresh grace period, which
 //!   implies theirs. With a probe hook attached, its wait loop calls the `gp_wait` probe
 //!   instead of backing off, so an executor can interleave other work. Without a worker
