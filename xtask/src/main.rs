@@ -27,11 +27,13 @@ cargo xtask <SUBCOMMAND>
 
 SUBCOMMANDS:
     ci                    fmt check, clippy, workspace tests, doc tests, tidy tests,
-                          then the loom models at preemption bound 2; stops at the first failure
+                          the loom models at preemption bound 2, then the shuttle models;
+                          stops at the first failure
     loom [--deep] [FILTER]
                           run every crates/*/tests/loom_*.rs under --cfg loom
                           (LOOM_MAX_PREEMPTIONS=2, or 3 with --deep; an exported value wins);
                           FILTER is passed to the test binaries as a test-name filter
+    shuttle               run every crates/*/tests/shuttle_*.rs under --cfg shuttle
     miri                  run the sync and rcu tests under nightly Miri (skipped when
                           nightly Miri is not installed)
     bench [--quick]       run the workspace benchmarks (--quick is passed to the bench binaries)
@@ -94,6 +96,10 @@ fn run(args: &[String]) -> Result<()> {
         "miri" => {
             no_args("miri", rest)?;
             miri()
+        }
+        "shuttle" => {
+            no_args("shuttle", rest)?;
+            shuttle()
         }
         "bench" => {
             let quick = BenchFlags::parse(rest)?.quick;
@@ -269,7 +275,7 @@ fn shell_quote(s: &str) -> String {
 
 fn ci() -> Result<()> {
     type StepFn = fn() -> Result<()>;
-    let steps: [(&str, StepFn); 6] = [
+    let steps: [(&str, StepFn); 7] = [
         ("fmt", || Cmd::cargo().args(["fmt", "--all", "--check"]).run("fmt")),
         ("clippy", || {
             Cmd::cargo()
@@ -289,6 +295,7 @@ fn ci() -> Result<()> {
         }),
         ("tidy", || Cmd::cargo().args(["test", "-p", "xtask"]).run("tidy")),
         ("loom", || loom(&LoomFlags::default())),
+        ("shuttle", shuttle),
     ];
 
     let mut timings: Vec<(&str, Duration, bool)> = Vec::new();
@@ -321,6 +328,12 @@ fn ci() -> Result<()> {
 /// The loom test files of the workspace: `crates/*/tests/loom_*.rs`, grouped by package name
 /// (from the `[package]` section of the crate's Cargo.toml), each with its test-target stems.
 fn find_loom_tests(root: &Path) -> Result<BTreeMap<String, Vec<String>>> {
+    find_model_tests(root, "loom")
+}
+
+/// Every `crates/*/tests/<kind>_*.rs`, grouped by package (`kind` is `loom` or `shuttle`).
+fn find_model_tests(root: &Path, kind: &str) -> Result<BTreeMap<String, Vec<String>>> {
+    let prefix = format!("{kind}_");
     let mut by_package: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let crates_dir = root.join("crates");
     let Ok(entries) = fs::read_dir(&crates_dir) else {
@@ -338,7 +351,7 @@ fn find_loom_tests(root: &Path) -> Result<BTreeMap<String, Vec<String>>> {
             .map(|e| e.path())
             .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "rs"))
             .filter_map(|p| p.file_stem().and_then(|s| s.to_str()).map(str::to_string))
-            .filter(|stem| stem.starts_with("loom_"))
+            .filter(|stem| stem.starts_with(&prefix))
             .collect();
         if stems.is_empty() {
             continue;
@@ -346,17 +359,17 @@ fn find_loom_tests(root: &Path) -> Result<BTreeMap<String, Vec<String>>> {
         stems.sort();
         let manifest_path = crate_dir.join("Cargo.toml");
         let manifest = fs::read_to_string(&manifest_path).map_err(|e| {
-            Failure::step(format!("step `loom`: cannot read {}: {e}", manifest_path.display()))
+            Failure::step(format!("step `{kind}`: cannot read {}: {e}", manifest_path.display()))
         })?;
         let package = package_name(&manifest).ok_or_else(|| {
             Failure::step(format!(
-                "step `loom`: no `name = \"...\"` in the [package] section of {}",
+                "step `{kind}`: no `name = \"...\"` in the [package] section of {}",
                 manifest_path.display()
             ))
         })?;
         for stem in &stems {
             eprintln!(
-                "xtask loom: found crates/{}/tests/{stem}.rs ({package})",
+                "xtask {kind}: found crates/{}/tests/{stem}.rs ({package})",
                 dir_name(&crate_dir)
             );
         }
@@ -429,6 +442,32 @@ fn loom(flags: &LoomFlags) -> Result<()> {
             .env("LOOM_MAX_PREEMPTIONS", &preemptions)
             .env("LOOM_MAX_BRANCHES", &branches)
             .run("loom")?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// shuttle
+
+/// Runs every `crates/*/tests/shuttle_*.rs` under `--cfg shuttle` (randomised and PCT
+/// schedules; release build, separate target dir).
+fn shuttle() -> Result<()> {
+    let root = project_root();
+    let by_package = find_model_tests(&root, "shuttle")?;
+    if by_package.is_empty() {
+        eprintln!("xtask shuttle: no crates/*/tests/shuttle_*.rs files found; nothing to run");
+        return Ok(());
+    }
+    let target_dir = root.join("target").join("shuttle");
+    for (package, stems) in &by_package {
+        let mut cmd = Cmd::cargo().args(["test", "--release", "-p", package]);
+        for stem in stems {
+            cmd = cmd.args(["--test", stem]);
+        }
+        cmd.args(["--", "--nocapture", "--test-threads=1"])
+            .env("RUSTFLAGS", "--cfg shuttle")
+            .env("CARGO_TARGET_DIR", target_dir.to_string_lossy())
+            .run("shuttle")?;
     }
     Ok(())
 }

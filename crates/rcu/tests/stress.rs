@@ -16,7 +16,8 @@
 //!
 //! CI size: 10^6 read sections per domain. `cargo test -p bpfls-rcu --test stress --
 //! --ignored` runs the large size (10^8).
-#![cfg(not(any(loom, shuttle)))]
+// Far too slow under Miri (millions of sections on real threads); Miri runs `api.rs`.
+#![cfg(not(any(loom, shuttle, miri)))]
 
 use bpfls_rcu::{Config, Domain, Domains, Rcu};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
