@@ -52,6 +52,13 @@ use std::fmt;
 /// about 64 KiB; anything above this is a configuration error, not a request to honour.
 pub const MAX_FIXED_UNIT: usize = 1 << 20;
 
+/// Slots per class when the configuration does not say: 4096, or 1 MiB of objects.
+fn default_capacity(unit_size: usize) -> u32 {
+    (DEFAULT_CLASS_BYTES / unit_size).clamp(64, 4096) as u32
+}
+
+const DEFAULT_CLASS_BYTES: usize = 1 << 20;
+
 /// How big the objects are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UnitSize {
@@ -77,8 +84,9 @@ pub struct MemAllocConfig {
     pub cpus: u32,
     /// Object size(s).
     pub unit: UnitSize,
-    /// Slots per size class (the slab's capacity).
-    pub capacity: u32,
+    /// Slots per size class (the slab's capacity). `None`: 4096 slots, or fewer for big units
+    /// (1 MiB of objects per class at most), since every slot's object is built up front.
+    pub capacity: Option<u32>,
     /// Run refill/trim work on a worker thread (threaded mode). Without one, work waits for
     /// [`MemAlloc::run_work`] (stepped mode, loom models).
     pub work_thread: bool,
@@ -90,13 +98,13 @@ pub struct MemAllocConfig {
 }
 
 impl MemAllocConfig {
-    /// Defaults: 4096 slots per class, a work thread outside the model checkers, no mutation.
+    /// Defaults: automatic capacity, a work thread outside the model checkers, no mutation.
     pub fn new(name: &'static str, cpus: u32, unit: UnitSize) -> Self {
         MemAllocConfig {
             name,
             cpus,
             unit,
-            capacity: 4096,
+            capacity: None,
             work_thread: !bpfls_sync::MODEL,
             mutation: None,
             probes: Probes::new(),
@@ -105,7 +113,7 @@ impl MemAllocConfig {
 
     /// Another capacity per class.
     pub fn with_capacity(self, capacity: u32) -> Self {
-        MemAllocConfig { capacity, ..self }
+        MemAllocConfig { capacity: Some(capacity), ..self }
     }
 
     /// Without a work thread: work runs in [`MemAlloc::run_work`].
@@ -245,7 +253,7 @@ impl<T: SlabObject> MemAlloc<T> {
         if cfg.cpus == 0 {
             return Err(MemError::BadConfig(format!("`{}`: at least one CPU is needed", cfg.name)));
         }
-        if cfg.capacity == 0 {
+        if cfg.capacity == Some(0) {
             return Err(MemError::BadConfig(format!(
                 "`{}`: capacity must be at least 1",
                 cfg.name
@@ -274,7 +282,7 @@ impl<T: SlabObject> MemAlloc<T> {
                     cfg.name,
                     i as u8,
                     unit_size,
-                    cfg.capacity,
+                    cfg.capacity.unwrap_or_else(|| default_capacity(unit_size)),
                     account.clone(),
                     violations.clone(),
                     cfg.probes.clone(),
