@@ -143,6 +143,37 @@ impl Probes {
     }
 }
 
+/// A ready-made fault injector (check C9): fails the `nth` (1-based) pass of probe point
+/// `site`, and only that one; counts every pass.
+#[derive(Debug)]
+pub struct FailNth {
+    site: &'static str,
+    nth: u64,
+    seen: AtomicU64,
+}
+
+impl FailNth {
+    /// Fails the `nth` pass of `site` (`nth` = 0 never fails: a pure counter).
+    pub fn new(site: &'static str, nth: u64) -> Self {
+        FailNth { site, nth, seen: AtomicU64::new(0) }
+    }
+
+    /// How many times `site` was passed.
+    pub fn passes(&self) -> u64 {
+        self.seen.load(Ordering::Relaxed)
+    }
+}
+
+impl ProbeHook for FailNth {
+    fn hit(&self, event: &ProbeEvent<'_>) -> Verdict {
+        if event.site != self.site {
+            return Verdict::Continue;
+        }
+        let n = self.seen.fetch_add(1, Ordering::Relaxed) + 1;
+        if n == self.nth { Verdict::Fail } else { Verdict::Continue }
+    }
+}
+
 #[cfg(all(test, not(any(loom, shuttle))))]
 mod tests {
     use super::*;
@@ -169,6 +200,25 @@ mod tests {
         assert_eq!(p.next_seq(), 0);
         let q = p.clone();
         assert_eq!(q.next_seq(), 1, "clones share one clock");
+    }
+
+    #[test]
+    fn fail_nth_fails_exactly_the_nth_pass_of_its_site() {
+        let f = Arc::new(FailNth::new("slab_alloc", 3));
+        let p = Probes::with_hook(f.clone());
+        let verdicts: Vec<_> = (0..5).map(|_| p.hit("slab_alloc", None, &[])).collect();
+        assert_eq!(p.hit("other", None, &[]), Verdict::Continue);
+        assert_eq!(
+            verdicts,
+            [
+                Verdict::Continue,
+                Verdict::Continue,
+                Verdict::Fail,
+                Verdict::Continue,
+                Verdict::Continue
+            ]
+        );
+        assert_eq!(f.passes(), 5);
     }
 
     #[test]
