@@ -263,7 +263,7 @@ impl<T: SlabObject> MemAlloc<T> {
             UnitSize::Fixed(0) => {
                 return Err(MemError::BadSize { size: 0, reason: "a unit size of 0 bytes" });
             }
-            UnitSize::Fixed(n) if n + HEADER > MAX_FIXED_UNIT => {
+            UnitSize::Fixed(n) if n > MAX_FIXED_UNIT - HEADER => {
                 return Err(MemError::BadSize {
                     size: n,
                     reason: "larger than the 1 MiB unit cap",
@@ -376,25 +376,7 @@ impl<T: SlabObject> MemAlloc<T> {
     pub fn alloc_size(&self, cpu: u32, size: usize) -> Result<Handle, MemError> {
         let inner = self.live()?;
         self.check_cpu(cpu)?;
-        let class = if inner.fixed {
-            if size == 0 || size + HEADER > inner.classes[0].unit_size {
-                return Err(MemError::BadSize { size, reason: "does not fit the fixed unit size" });
-            }
-            0
-        } else {
-            match size_class(size + HEADER) {
-                Some(c) => c,
-                None if size == 0 => {
-                    return Err(MemError::BadSize { size, reason: "a request of 0 bytes" });
-                }
-                None => {
-                    return Err(MemError::BadSize {
-                        size,
-                        reason: "above BPF_MEM_ALLOC_SIZE_MAX (4096 bytes with the header)",
-                    });
-                }
-            }
-        };
+        let class = inner.class_for_size(size)?;
         Ok(inner.unit_alloc(class, cpu)?)
     }
 
@@ -419,13 +401,13 @@ impl<T: SlabObject> MemAlloc<T> {
     /// for every grace period that protects the object.
     pub fn raw_free(&self, h: Handle) -> Result<(), MemError> {
         let inner = self.live()?;
-        let slab = inner.slab_of(h)?;
+        let slab = inner.slab_of(h, "mem_raw_free")?;
         Ok(slab.free(h, "mem_raw_free")?)
     }
 
     /// Checked access to `h`'s object.
     pub fn get(&self, h: Handle, site: &'static str) -> Result<&T, MemError> {
-        Ok(self.inner.slab_of(h)?.get(h, site)?)
+        Ok(self.inner.slab_of(h, site)?.get(h, site)?)
     }
 
     /// Checked access around a closure (checks before and after).
@@ -435,12 +417,12 @@ impl<T: SlabObject> MemAlloc<T> {
         site: &'static str,
         f: impl FnOnce(&T) -> R,
     ) -> Result<R, MemError> {
-        Ok(self.inner.slab_of(h)?.read(h, site, f)?)
+        Ok(self.inner.slab_of(h, site)?.read(h, site, f)?)
     }
 
     /// Whether an access through `h` would be allowed now (no report).
     pub fn is_live(&self, h: Handle) -> bool {
-        self.inner.slab_of(h).is_ok_and(|s| s.is_live(h))
+        self.inner.classes.get(h.class() as usize).is_some_and(|cl| cl.slab.is_live(h))
     }
 
     /// Runs one queued refill/trim work item (the stepped mode's schedulable step); returns
@@ -600,18 +582,35 @@ impl<T: SlabObject> Drop for MemAlloc<T> {
 }
 
 impl<T: SlabObject> Inner<T> {
-    fn slab_of(&self, h: Handle) -> Result<&Slab<T>, MemError> {
+    fn slab_of(&self, h: Handle, site: &'static str) -> Result<&Slab<T>, MemError> {
         match self.classes.get(h.class() as usize) {
             Some(cl) => Ok(&cl.slab),
             // A forged class: report it against class 0's slab, which names the allocator.
             None => Err(MemError::Violation(
                 self.classes[0]
                     .slab
-                    .get(h, "mem_access")
+                    .get(h, site)
                     .err()
                     .expect("a handle of a class this allocator does not have is never valid"),
             )),
         }
+    }
+
+    /// The class serving a request of `size` bytes (header excluded).
+    fn class_for_size(&self, size: usize) -> Result<usize, MemError> {
+        if size == 0 {
+            return Err(MemError::BadSize { size, reason: "a request of 0 bytes" });
+        }
+        if self.fixed {
+            return match size.checked_add(HEADER) {
+                Some(n) if n <= self.classes[0].unit_size => Ok(0),
+                _ => Err(MemError::BadSize { size, reason: "does not fit the fixed unit size" }),
+            };
+        }
+        size.checked_add(HEADER).and_then(size_class).ok_or(MemError::BadSize {
+            size,
+            reason: "above BPF_MEM_ALLOC_SIZE_MAX (4096 bytes with the header)",
+        })
     }
 
     fn raise(&self, class: usize, cpu: u32) {
@@ -685,7 +684,7 @@ impl<T: SlabObject> Inner<T> {
 
     /// `unit_free` / `unit_free_rcu`.
     fn unit_free(self: &Arc<Self>, cpu: u32, h: Handle, rcu: bool) -> Result<(), MemError> {
-        let slab = self.slab_of(h)?;
+        let slab = self.slab_of(h, if rcu { "mem_free_rcu" } else { "mem_free" })?;
         let class = h.class() as usize;
         let cl = &self.classes[class];
         let (to, kind, site) = if rcu {
@@ -757,12 +756,13 @@ impl<T: SlabObject> Inner<T> {
     fn refill(self: &Arc<Self>, class: usize, cpu: u32) {
         let cl = &self.classes[class];
         let cache = &cl.caches[cpu as usize];
-        self.enter(cache, cpu);
+        // The kernel runs this irq_work on the CPU itself, where it cannot overlap a normal
+        // allocation; here it runs on a worker, so it excludes the CPU through the lists lock
+        // alone and does not touch `active` (which would make a concurrent alloc on the CPU
+        // fail as if re-entered).
         let mut l = cache.lists.lock();
         l.refill_pending = false;
         if l.draining {
-            drop(l);
-            self.leave(cache);
             return;
         }
         let mut trimmed = Vec::new();
@@ -781,7 +781,6 @@ impl<T: SlabObject> Inner<T> {
         }
         let tgt = l.tgt;
         drop(l);
-        self.leave(cache);
         if low {
             self.alloc_bulk(class, cpu, cl.wm.batch, "alloc_bulk");
         }

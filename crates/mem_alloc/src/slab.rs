@@ -125,12 +125,10 @@ pub enum FreeKind {
 pub struct Ledger {
     /// Generation of the lifetime this ledger describes.
     pub generation: u32,
-    /// Where it was allocated and when.
+    /// Where it was allocated.
     pub alloc_site: Option<&'static str>,
-    /// Logical time of the allocation.
-    pub alloc_seq: u64,
-    /// How and where it was freed, and when.
-    pub free: Option<(FreeKind, &'static str, u64)>,
+    /// How and where it was freed.
+    pub free: Option<(FreeKind, &'static str)>,
     /// Lists the object is linked into now (maintained by the caller).
     pub links: u32,
     /// Whether it is back in the slab.
@@ -139,6 +137,9 @@ pub struct Ledger {
 
 struct SlotCell<T> {
     word: AtomicU64,
+    /// This lifetime's ledger. Per slot, so CPUs working on different objects never share a
+    /// lock; the checker's bookkeeping, so untracked.
+    ledger: untracked::Mutex<Ledger>,
     /// The allocating cache (the object header's "hint"); allocator bookkeeping.
     hint: untracked::AtomicU64,
     obj: T,
@@ -242,7 +243,6 @@ pub struct Slab<T> {
     /// Slots back in the slab (LIFO). A facade lock: it orders a slot's release before its
     /// next allocation, which loom must see.
     free_slots: Mutex<Vec<u32>>,
-    ledger: untracked::Mutex<Vec<Ledger>>,
     account: Account,
     violations: Violations,
     probes: Probes,
@@ -289,6 +289,7 @@ impl<T: SlabObject> Slab<T> {
         let slots = (0..capacity)
             .map(|_| SlotCell {
                 word: AtomicU64::new(pack(0, State::SlabFree)),
+                ledger: untracked::Mutex::new(Ledger::default()),
                 hint: untracked::AtomicU64::new(0),
                 obj: T::new(unit_size),
             })
@@ -299,7 +300,6 @@ impl<T: SlabObject> Slab<T> {
             unit_size,
             slots,
             free_slots: Mutex::new((0..capacity).rev().collect()),
-            ledger: untracked::Mutex::new(vec![Ledger::default(); capacity as usize]),
             account,
             violations,
             probes,
@@ -342,13 +342,13 @@ impl<T: SlabObject> Slab<T> {
         }
     }
 
-    fn ledger(&self) -> untracked::MutexGuard<'_, Vec<Ledger>> {
-        self.ledger.lock().unwrap_or_else(|e| e.into_inner())
+    fn ledger(&self, slot: u32) -> untracked::MutexGuard<'_, Ledger> {
+        self.slots[slot as usize].ledger.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The ledger of the slot `h` names (its current lifetime).
     pub fn ledger_of(&self, h: Handle) -> Option<Ledger> {
-        self.ledger().get(h.slot() as usize).copied()
+        self.cell(h).map(|_| *self.ledger(h.slot()))
     }
 
     fn handle(&self, slot: u32, generation: u32) -> Handle {
@@ -356,9 +356,9 @@ impl<T: SlabObject> Slab<T> {
     }
 
     fn report(&self, kind: ViolationKind, h: Handle, site: &'static str) -> Violation {
-        let l = self.ledger().get(h.slot() as usize).copied().unwrap_or_default();
+        let l = self.ledger_of(h).unwrap_or_default();
         let (alloc_site, free_site) = if l.generation == h.generation() {
-            (l.alloc_site, l.free.map(|(_, s, _)| s))
+            (l.alloc_site, l.free.map(|(_, s)| s))
         } else {
             (None, None)
         };
@@ -385,15 +385,15 @@ impl<T: SlabObject> Slab<T> {
             alloc_event!(self, "slab_alloc_fail", site, reason = "injected");
             return Err(AllocError::NoMemory);
         }
-        if !self.account.try_charge(self.unit_size as u64) {
-            alloc_event!(self, "slab_alloc_fail", site, reason = "limit");
-            return Err(AllocError::NoMemory);
-        }
         let Some(slot) = self.free_slots.lock().pop() else {
-            self.account.uncharge(self.unit_size as u64);
             alloc_event!(self, "slab_alloc_fail", site, reason = "capacity");
             return Err(AllocError::NoMemory);
         };
+        if !self.account.try_charge(self.unit_size as u64) {
+            self.free_slots.lock().push(slot);
+            alloc_event!(self, "slab_alloc_fail", site, reason = "limit");
+            return Err(AllocError::NoMemory);
+        }
         self.slab_allocs.fetch_add(1, untracked::Ordering::Relaxed);
         Ok(slot)
     }
@@ -430,15 +430,8 @@ impl<T: SlabObject> Slab<T> {
         // ORDERING: Release pairs with the Acquire load in `check`: a stale reader that sees
         // the new generation also sees everything the previous lifetime's free did.
         cell.word.store(pack(generation, State::Allocated), Ordering::Release);
-        let seq = self.probes.next_seq();
-        self.ledger()[slot as usize] = Ledger {
-            generation,
-            alloc_site: Some(site),
-            alloc_seq: seq,
-            free: None,
-            links: 0,
-            released: false,
-        };
+        *self.ledger(slot) =
+            Ledger { generation, alloc_site: Some(site), free: None, links: 0, released: false };
         let h = self.handle(slot, generation);
         alloc_event!(self, "alloc", slot, generation, site);
         h
@@ -479,11 +472,9 @@ impl<T: SlabObject> Slab<T> {
         if to == State::Cached || to == State::SlabFree {
             cell.obj.poison();
         }
-        let seq = self.probes.next_seq();
         let links = {
-            let mut l = self.ledger();
-            let e = &mut l[h.slot() as usize];
-            e.free = Some((kind, site, seq));
+            let mut e = self.ledger(h.slot());
+            e.free = Some((kind, site));
             e.links
         };
         alloc_event!(self, "free", slot = h.slot(), generation = h.generation(), kind = ?kind, site);
@@ -529,7 +520,7 @@ impl<T: SlabObject> Slab<T> {
     }
 
     fn put_slot(&self, slot: u32, site: &'static str) {
-        self.ledger()[slot as usize].released = true;
+        self.ledger(slot).released = true;
         self.account.uncharge(self.unit_size as u64);
         self.slab_frees.fetch_add(1, untracked::Ordering::Relaxed);
         self.free_slots.lock().push(slot);
@@ -601,14 +592,15 @@ impl<T: SlabObject> Slab<T> {
 
     /// Records that the object is linked into one more list (the storage layer's ledger).
     pub fn note_link(&self, h: Handle) {
-        if let Some(e) = self.ledger().get_mut(h.slot() as usize) {
-            e.links += 1;
+        if self.cell(h).is_some() {
+            self.ledger(h.slot()).links += 1;
         }
     }
 
     /// Records that the object left one list.
     pub fn note_unlink(&self, h: Handle) {
-        if let Some(e) = self.ledger().get_mut(h.slot() as usize) {
+        if self.cell(h).is_some() {
+            let mut e = self.ledger(h.slot());
             e.links = e.links.saturating_sub(1);
         }
     }

@@ -13,9 +13,9 @@ use std::fmt;
 
 /// The worker starts a grace period once this many callbacks wait for one...
 const GATHER_BATCH: u64 = 256;
-/// ...or after this many backoff polls (spins, then yields: tens of microseconds when the
-/// callers keep the other CPUs busy), whichever comes first.
-const GATHER_POLLS: u64 = 96;
+/// ...or once no new callback arrived during one backoff poll, or after this many polls (all in
+/// the backoff's spinning phase: microseconds, never a yield), whichever comes first.
+const GATHER_POLLS: u64 = 48;
 
 /// Most callbacks invoked between two updates of the invoked count (the kernel's `blimit`
 /// idea: barrier waiters see progress, and a flood does not hold the queue lock long).
@@ -658,12 +658,20 @@ impl Inner {
     /// more than the wait. Waits a bounded number of polls, never when someone waits.
     fn gather(&self) {
         let mut backoff = Backoff::new();
+        let mut last = None;
         while backoff.polls() < GATHER_POLLS {
             let cbs = self.cbs.lock();
             let fresh = cbs.queued - cbs.queued_at_gp_start;
-            if fresh >= GATHER_BATCH || cbs.barrier_waiters > 0 || cbs.shutdown {
+            // Stop as soon as callers stop queueing: a lone callback does not wait for
+            // company that is not coming.
+            if fresh >= GATHER_BATCH
+                || cbs.barrier_waiters > 0
+                || cbs.shutdown
+                || last == Some(fresh)
+            {
                 return;
             }
+            last = Some(fresh);
             drop(cbs);
             backoff.wait();
         }
