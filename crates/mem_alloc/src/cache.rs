@@ -371,6 +371,21 @@ impl<T: SlabObject> MemAlloc<T> {
         Ok(inner.unit_alloc(0, cpu)?)
     }
 
+    /// `bpf_mem_cache_alloc_flags(ma, GFP_KERNEL)` on `cpu` (fixed-size mode): like
+    /// [`alloc`](Self::alloc), but when the per-CPU list has nothing, a sleepable caller
+    /// allocates straight from the slab (so only the slab's limits can make it fail).
+    pub fn alloc_sleepable(&self, cpu: u32) -> Result<Handle, MemError> {
+        match self.alloc(cpu) {
+            Err(MemError::Alloc(AllocError::Empty | AllocError::Reentered)) => {
+                let cl = &self.inner.classes[0];
+                let h = cl.slab.alloc("mem_alloc_sleepable")?;
+                cl.slab.set_hint(h.slot(), u64::from(cpu));
+                Ok(h)
+            }
+            r => r,
+        }
+    }
+
     /// `bpf_mem_alloc(ma, size)` on `cpu` (size-class mode; `size` excludes the header). In
     /// fixed-size mode any size that fits the unit is served from the one cache.
     pub fn alloc_size(&self, cpu: u32, size: usize) -> Result<Handle, MemError> {

@@ -43,3 +43,26 @@ fn lifecycle_threaded_and_manual() {
         assert_eq!(ma.slab(0).stats().outstanding, 0);
     }
 }
+
+#[test]
+fn sleepable_alloc_falls_back_to_the_slab() {
+    let domains = Arc::new(Domains::new(1, Config::stepped(), true));
+    let v = Violations::new();
+    let cfg = MemAllocConfig::new("sleepable", 1, UnitSize::Fixed(24)).without_work_thread();
+    let ma: MemAlloc<Bytes> =
+        MemAlloc::new(cfg, domains, Account::unlimited("m"), v.clone()).unwrap();
+    // Prefill gave 4 objects and no work runs: the fifth plain alloc finds the list empty.
+    let mut held: Vec<_> = (0..4).map(|_| ma.alloc(0).unwrap()).collect();
+    assert!(ma.alloc(0).is_err());
+    let before = ma.slab(0).stats().slab_allocs;
+    let h = ma.alloc_sleepable(0).unwrap();
+    assert_eq!(ma.slab(0).stats().slab_allocs, before + 1, "one object straight from the slab");
+    held.push(h);
+    // It frees into the per-CPU cache like any other object.
+    for h in held {
+        ma.free(0, h).unwrap();
+    }
+    assert_eq!(ma.cache_stats(0, 0).free_cnt, 5);
+    assert_eq!(ma.destroy().unwrap().leaked, 0);
+    assert!(v.is_empty());
+}
