@@ -317,7 +317,9 @@ impl<T: SlabObject> MemAlloc<T> {
         }
         let worker = cfg.work_thread.then(|| {
             let inner = inner.clone();
-            thread::spawn_named(format!("bpfls-{}-refill", cfg.name), move || inner.work_loop())
+            thread::spawn_named(format!("bpfls-{}-refill", cfg.name), move || {
+                Inner::work_loop(inner)
+            })
         });
         Ok(MemAlloc { inner, worker: Mutex::new(worker) })
     }
@@ -399,7 +401,7 @@ impl<T: SlabObject> MemAlloc<T> {
     pub fn free(&self, cpu: u32, h: Handle) -> Result<(), MemError> {
         let inner = self.live()?;
         self.check_cpu(cpu)?;
-        inner.unit_free(cpu, h, false)
+        Inner::unit_free(inner, cpu, h, false)
     }
 
     /// `bpf_mem_cache_free_rcu` on `cpu`: reusable only after an RCU grace period.
@@ -407,9 +409,9 @@ impl<T: SlabObject> MemAlloc<T> {
         let inner = self.live()?;
         self.check_cpu(cpu)?;
         if inner.mutation == Some(Mutation::FreeRcuReusesNow) {
-            return inner.unit_free(cpu, h, false);
+            return Inner::unit_free(inner, cpu, h, false);
         }
-        inner.unit_free(cpu, h, true)
+        Inner::unit_free(inner, cpu, h, true)
     }
 
     /// `bpf_mem_cache_raw_free`: straight back to the slab; the caller has already waited
@@ -445,7 +447,7 @@ impl<T: SlabObject> MemAlloc<T> {
     pub fn run_work(&self) -> Option<(u8, u32)> {
         let item = self.inner.work.lock().pending.pop_front();
         if let Some((class, cpu)) = item {
-            self.inner.refill(class as usize, cpu);
+            Inner::refill(&self.inner, class as usize, cpu);
         }
         item
     }
@@ -638,12 +640,12 @@ impl<T: SlabObject> Inner<T> {
         }
     }
 
-    fn work_loop(self: Arc<Self>) {
+    fn work_loop(this: Arc<Self>) {
         loop {
-            let mut w = self.work.lock();
+            let mut w = this.work.lock();
             while w.pending.is_empty() && !w.shutdown {
                 w.idle = true;
-                w = self.work_cv.wait(w);
+                w = this.work_cv.wait(w);
                 w.idle = false;
             }
             if w.shutdown {
@@ -651,7 +653,7 @@ impl<T: SlabObject> Inner<T> {
             }
             let (class, cpu) = w.pending.pop_front().expect("not empty");
             drop(w);
-            self.refill(class as usize, cpu);
+            Inner::refill(&this, class as usize, cpu);
         }
     }
 
@@ -698,10 +700,10 @@ impl<T: SlabObject> Inner<T> {
     }
 
     /// `unit_free` / `unit_free_rcu`.
-    fn unit_free(self: &Arc<Self>, cpu: u32, h: Handle, rcu: bool) -> Result<(), MemError> {
-        let slab = self.slab_of(h, if rcu { "mem_free_rcu" } else { "mem_free" })?;
+    fn unit_free(this: &Arc<Self>, cpu: u32, h: Handle, rcu: bool) -> Result<(), MemError> {
+        let slab = this.slab_of(h, if rcu { "mem_free_rcu" } else { "mem_free" })?;
         let class = h.class() as usize;
-        let cl = &self.classes[class];
+        let cl = &this.classes[class];
         let (to, kind, site) = if rcu {
             (State::RcuDeferred, FreeKind::Rcu, "mem_free_rcu")
         } else {
@@ -710,7 +712,7 @@ impl<T: SlabObject> Inner<T> {
         slab.end_lifetime(h, to, kind, site)?;
         let hint = slab.hint(h.slot()) as u32;
         let cache = &cl.caches[cpu as usize];
-        let first = self.enter(cache, cpu);
+        let first = this.enter(cache, cpu);
         let mut l = cache.lists.lock();
         l.tgt = hint;
         let work = if rcu {
@@ -731,9 +733,9 @@ impl<T: SlabObject> Inner<T> {
         };
         let raise = work && !std::mem::replace(&mut l.refill_pending, true);
         drop(l);
-        self.leave(cache);
+        this.leave(cache);
         if raise {
-            self.raise(class, cpu);
+            this.raise(class, cpu);
         }
         Ok(())
     }
@@ -768,8 +770,8 @@ impl<T: SlabObject> Inner<T> {
     }
 
     /// `bpf_mem_refill`: the per-CPU work item.
-    fn refill(self: &Arc<Self>, class: usize, cpu: u32) {
-        let cl = &self.classes[class];
+    fn refill(this: &Arc<Self>, class: usize, cpu: u32) {
+        let cl = &this.classes[class];
         let cache = &cl.caches[cpu as usize];
         // The kernel runs this irq_work on the CPU itself, where it cannot overlap a normal
         // allocation; here it runs on a worker, so it excludes the CPU through the lists lock
@@ -797,20 +799,20 @@ impl<T: SlabObject> Inner<T> {
         let tgt = l.tgt;
         drop(l);
         if low {
-            self.alloc_bulk(class, cpu, cl.wm.batch, "alloc_bulk");
+            this.alloc_bulk(class, cpu, cl.wm.batch, "alloc_bulk");
         }
         if !trimmed.is_empty() {
-            alloc_event!(self, "free_bulk", cpu, class, objects = trimmed.len());
+            alloc_event!(this, "free_bulk", cpu, class, objects = trimmed.len());
             cl.caches[tgt as usize].lists.lock().free_by_rcu_ttrace.extend(trimmed);
-            self.do_call_rcu_ttrace(class, tgt);
+            Inner::do_call_rcu_ttrace(this, class, tgt);
         }
-        self.check_free_by_rcu(class, cpu);
+        Inner::check_free_by_rcu(this, class, cpu);
     }
 
     /// `do_call_rcu_ttrace`: sends `cpu`'s `free_by_rcu_ttrace` towards the slab behind a
     /// Tasks-Trace grace period (chained through RCU when it does not imply one).
-    fn do_call_rcu_ttrace(self: &Arc<Self>, class: usize, cpu: u32) {
-        let cl = &self.classes[class];
+    fn do_call_rcu_ttrace(this: &Arc<Self>, class: usize, cpu: u32) {
+        let cl = &this.classes[class];
         let mut l = cl.caches[cpu as usize].lists.lock();
         if l.draining {
             let objs = std::mem::take(&mut l.free_by_rcu_ttrace);
@@ -828,10 +830,10 @@ impl<T: SlabObject> Inner<T> {
         let n = batch.len();
         l.waiting_for_gp_ttrace.extend(batch);
         drop(l);
-        let me = self.clone();
-        let policy = self.domains.sleepable_policy();
+        let me = this.clone();
+        let policy = this.domains.sleepable_policy();
         let obj = (class as u64) << 32 | u64::from(cpu);
-        self.domains.defer(policy, obj, n * cl.unit_size, move || me.ttrace_done(class, cpu));
+        this.domains.defer(policy, obj, n * cl.unit_size, move || me.ttrace_done(class, cpu));
     }
 
     /// `__free_rcu_tasks_trace` / `__free_rcu`: what is still waiting goes to the slab.
@@ -851,8 +853,8 @@ impl<T: SlabObject> Inner<T> {
 
     /// `check_free_by_rcu`: starts an RCU grace period for the `free_rcu` objects of `cpu`,
     /// unless one is in flight.
-    fn check_free_by_rcu(self: &Arc<Self>, class: usize, cpu: u32) {
-        let cl = &self.classes[class];
+    fn check_free_by_rcu(this: &Arc<Self>, class: usize, cpu: u32) {
+        let cl = &this.classes[class];
         let mut l = cl.caches[cpu as usize].lists.lock();
         let extra = std::mem::take(&mut l.free_llist_extra_rcu);
         l.free_by_rcu.extend(extra);
@@ -864,15 +866,17 @@ impl<T: SlabObject> Inner<T> {
         let n = batch.len();
         l.waiting_for_gp.extend(batch);
         drop(l);
-        let me = self.clone();
+        let me = this.clone();
         let obj = (class as u64) << 32 | u64::from(cpu);
-        self.domains.rcu.call_tagged(obj, n * cl.unit_size, move || me.rcu_done(class, cpu));
+        this.domains
+            .rcu
+            .call_tagged(obj, n * cl.unit_size, move || Inner::rcu_done(&me, class, cpu));
     }
 
     /// `__free_by_rcu`: the RCU grace period of `cpu`'s batch ended; the objects become
     /// reusable on the target cache's `free_by_rcu_ttrace`.
-    fn rcu_done(self: &Arc<Self>, class: usize, cpu: u32) {
-        let cl = &self.classes[class];
+    fn rcu_done(this: &Arc<Self>, class: usize, cpu: u32) {
+        let cl = &this.classes[class];
         let mut l = cl.caches[cpu as usize].lists.lock();
         let batch = std::mem::take(&mut l.waiting_for_gp);
         let tgt = l.tgt;
@@ -880,9 +884,9 @@ impl<T: SlabObject> Inner<T> {
         for &slot in &batch {
             cl.slab.settle(slot);
         }
-        alloc_event!(self, "free_by_rcu", cpu, class, objects = batch.len());
+        alloc_event!(this, "free_by_rcu", cpu, class, objects = batch.len());
         cl.caches[tgt as usize].lists.lock().free_by_rcu_ttrace.extend(batch);
-        self.do_call_rcu_ttrace(class, tgt);
+        Inner::do_call_rcu_ttrace(this, class, tgt);
         // Cleared last, as in `ttrace_done`.
         cl.caches[cpu as usize].lists.lock().call_rcu_in_progress = false;
     }
