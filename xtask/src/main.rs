@@ -29,10 +29,12 @@ SUBCOMMANDS:
     ci                    fmt check, clippy, workspace tests, doc tests, tidy tests,
                           the loom models at preemption bound 2, then the shuttle models;
                           stops at the first failure
-    loom [--deep] [FILTER]
+    loom [--deep] [--bless] [FILTER]
                           run every crates/*/tests/loom_*.rs under --cfg loom
                           (LOOM_MAX_PREEMPTIONS=2, or 3 with --deep; an exported value wins);
-                          FILTER is passed to the test binaries as a test-name filter
+                          FILTER is passed to the test binaries as a test-name filter; each
+                          model's iteration count must stay within 10x of
+                          xtask/loom-baseline.txt (check C14); --bless records the counts
     shuttle               run every crates/*/tests/shuttle_*.rs under --cfg shuttle
     miri                  run the sync and rcu tests under nightly Miri (skipped when
                           nightly Miri is not installed)
@@ -120,6 +122,7 @@ fn no_args(subcommand: &str, rest: &[String]) -> Result<()> {
 #[derive(Debug, Default, PartialEq, Eq)]
 struct LoomFlags {
     deep: bool,
+    bless: bool,
     filter: Option<String>,
 }
 
@@ -129,6 +132,7 @@ impl LoomFlags {
         for arg in args {
             match arg.as_str() {
                 "--deep" => flags.deep = true,
+                "--bless" => flags.bless = true,
                 flag if flag.starts_with('-') => {
                     return Err(Failure::usage(format!("`loom`: unknown flag `{flag}`")));
                 }
@@ -230,6 +234,33 @@ impl Cmd {
             .map_err(|e| Failure::step(format!("step `{step}`: could not spawn `{self}`: {e}")))?;
         if status.success() {
             Ok(())
+        } else {
+            Err(Failure::step(format!("step `{step}` failed: `{self}` exited with {status}")))
+        }
+    }
+
+    /// Like [`Cmd::run`], but also returns what the command printed on stdout (echoed line by
+    /// line as it comes, so a long run still shows progress).
+    fn run_tee(&self, step: &str) -> Result<String> {
+        use std::io::{BufRead, BufReader};
+        eprintln!("$ {self}");
+        let mut child =
+            self.command().stdout(std::process::Stdio::piped()).spawn().map_err(|e| {
+                Failure::step(format!("step `{step}`: could not spawn `{self}`: {e}"))
+            })?;
+        let mut out = String::new();
+        if let Some(stdout) = child.stdout.take() {
+            for line in BufReader::new(stdout).lines().map_while(std::io::Result::ok) {
+                println!("{line}");
+                out.push_str(&line);
+                out.push('\n');
+            }
+        }
+        let status = child
+            .wait()
+            .map_err(|e| Failure::step(format!("step `{step}`: waiting for `{self}`: {e}")))?;
+        if status.success() {
+            Ok(out)
         } else {
             Err(Failure::step(format!("step `{step}` failed: `{self}` exited with {status}")))
         }
@@ -428,6 +459,7 @@ fn loom(flags: &LoomFlags) -> Result<()> {
     let preemptions = env_or("LOOM_MAX_PREEMPTIONS", if flags.deep { "3" } else { "2" });
     let branches = env_or("LOOM_MAX_BRANCHES", "10000");
     let target_dir = root.join("target").join("loom");
+    let mut observed: Observed = Vec::new();
     for (package, stems) in &by_package {
         let mut cmd = Cmd::cargo().args(["test", "--release", "-p", package]);
         for stem in stems {
@@ -437,13 +469,126 @@ fn loom(flags: &LoomFlags) -> Result<()> {
         if let Some(filter) = &flags.filter {
             cmd = cmd.args([filter]);
         }
-        cmd.env("RUSTFLAGS", "--cfg loom -C debug-assertions")
+        let out = cmd
+            .env("RUSTFLAGS", "--cfg loom -C debug-assertions")
             .env("CARGO_TARGET_DIR", target_dir.to_string_lossy())
             .env("LOOM_MAX_PREEMPTIONS", &preemptions)
             .env("LOOM_MAX_BRANCHES", &branches)
-            .run("loom")?;
+            .run_tee("loom")?;
+        observed.extend(
+            parse_iterations(&out)
+                .into_iter()
+                .map(|(name, bound, n)| (package.clone(), name, bound, n)),
+        );
     }
+    let baseline_path = root.join("xtask").join("loom-baseline.txt");
+    if flags.bless {
+        let mut blessed =
+            fs::read_to_string(&baseline_path).map(|t| parse_baseline(&t)).unwrap_or_default();
+        for (package, name, bound, n) in &observed {
+            blessed.insert((package.clone(), name.clone(), *bound), *n);
+        }
+        fs::write(&baseline_path, render_baseline(&blessed)).map_err(|e| {
+            Failure::step(format!("step `loom`: writing {}: {e}", baseline_path.display()))
+        })?;
+        eprintln!(
+            "xtask loom: blessed {} iteration counts into {}",
+            observed.len(),
+            baseline_path.display()
+        );
+        return Ok(());
+    }
+    let baseline =
+        fs::read_to_string(&baseline_path).map(|t| parse_baseline(&t)).unwrap_or_default();
+    let (problems, unknown) = check_budget(&baseline, &observed);
+    for (package, name, bound, n) in &unknown {
+        eprintln!(
+            "xtask loom: no baseline for {package} {name} at bound {bound} ({n} iterations); \
+             `cargo xtask loom --bless` records it"
+        );
+    }
+    if !problems.is_empty() {
+        return Err(Failure::step(format!(
+            "step `loom`: iteration budget (check C14) violated:\n  {}\n(if the change is \
+             intended, run `cargo xtask loom --bless` and commit xtask/loom-baseline.txt)",
+            problems.join("\n  ")
+        )));
+    }
+    eprintln!(
+        "xtask loom: {} models within 10x of their baseline iteration counts",
+        observed.len() - unknown.len()
+    );
     Ok(())
+}
+
+/// `(test name, bound, iterations)` from the models' `NAME: completed in N iterations (bound B`
+/// lines.
+fn parse_iterations(out: &str) -> Vec<(String, u32, u64)> {
+    out.lines()
+        .filter_map(|line| {
+            let (head, rest) = line.split_once(": completed in ")?;
+            let name = head.rsplit(' ').next()?.to_string();
+            let (n, rest) = rest.split_once(" iterations (bound ")?;
+            let bound: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            Some((name, bound.parse().ok()?, n.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+type Baseline = BTreeMap<(String, String, u32), u64>;
+
+/// Lines `package test bound iterations`; `#` starts a comment.
+fn parse_baseline(text: &str) -> Baseline {
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            match f[..] {
+                [package, name, bound, n] => Some((
+                    (package.to_string(), name.to_string(), bound.parse().ok()?),
+                    n.parse().ok()?,
+                )),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+fn render_baseline(b: &Baseline) -> String {
+    let mut out = String::from(
+        "# Loom iteration counts per model (check C14): `cargo xtask loom` fails when a model\n\
+         # explores 10x fewer (it silently stopped exploring) or 10x more (past its time budget)\n\
+         # executions than recorded here. Regenerate with `cargo xtask loom --bless`.\n\
+         # package test bound iterations\n",
+    );
+    for ((package, name, bound), n) in b {
+        out.push_str(&format!("{package} {name} {bound} {n}\n"));
+    }
+    out
+}
+
+type Observed = Vec<(String, String, u32, u64)>;
+
+/// Compares observed counts with the baseline: problems (10x off either way) and models with
+/// no baseline entry.
+fn check_budget(baseline: &Baseline, observed: &Observed) -> (Vec<String>, Observed) {
+    let mut problems = Vec::new();
+    let mut unknown = Vec::new();
+    for (package, name, bound, n) in observed {
+        match baseline.get(&(package.clone(), name.clone(), *bound)) {
+            None => unknown.push((package.clone(), name.clone(), *bound, *n)),
+            Some(&base) if n.saturating_mul(10) < base => problems.push(format!(
+                "{package} {name} (bound {bound}): {n} iterations, baseline {base}: explores 10x \
+                 fewer executions than it used to"
+            )),
+            Some(&base) if *n > base.saturating_mul(10) => problems.push(format!(
+                "{package} {name} (bound {bound}): {n} iterations, baseline {base}: 10x past its \
+                 budget"
+            )),
+            Some(_) => {}
+        }
+    }
+    (problems, unknown)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -528,7 +673,7 @@ mod tests {
         assert_eq!(LoomFlags::parse(&[]).unwrap(), LoomFlags::default());
         assert_eq!(
             LoomFlags::parse(&strings(&["--deep", "grace"])).unwrap(),
-            LoomFlags { deep: true, filter: Some("grace".into()) }
+            LoomFlags { deep: true, bless: false, filter: Some("grace".into()) }
         );
         assert!(LoomFlags::parse(&strings(&["--deeper"])).is_err());
         assert!(LoomFlags::parse(&strings(&["a", "b"])).is_err());
@@ -601,5 +746,36 @@ mod tests {
         // Whatever exists now must be found without error, and only `loom_*` stems.
         let found = find_loom_tests(&project_root()).unwrap();
         assert!(found.values().flatten().all(|stem| stem.starts_with("loom_")));
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    #[test]
+    fn iteration_lines_are_parsed() {
+        let out = "test a ... a: completed in 25 iterations (bound 2) [1.0ms]\n\
+                   noise\n\
+                   b: completed in 7 iterations (bound 2, capped from 3) [x]\n";
+        assert_eq!(parse_iterations(out), vec![("a".to_string(), 2, 25), ("b".to_string(), 2, 7)]);
+    }
+
+    #[test]
+    fn budget_flags_a_10x_drop_and_a_10x_growth_and_lists_unknown_models() {
+        let baseline = parse_baseline("# c\np a 2 100\np b 2 100\np c 2 100\n");
+        assert_eq!(render_baseline(&baseline).lines().filter(|l| !l.starts_with('#')).count(), 3);
+        let observed: Observed = vec![
+            ("p".into(), "a".into(), 2, 9),
+            ("p".into(), "b".into(), 2, 1001),
+            ("p".into(), "c".into(), 2, 150),
+            ("p".into(), "d".into(), 2, 5),
+            ("p".into(), "a".into(), 3, 5),
+        ];
+        let (problems, unknown) = check_budget(&baseline, &observed);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("p a (bound 2): 9 iterations, baseline 100"));
+        assert!(problems[1].contains("10x past its budget"));
+        assert_eq!(unknown.len(), 2);
     }
 }
