@@ -83,9 +83,18 @@ impl Handle {
 
     /// A stable numeric id for traces: class, slot and generation packed.
     pub fn id(self) -> u64 {
-        (u64::from(self.class) << 56)
-            | (u64::from(self.slot) << 24)
-            | u64::from(self.generation & 0xff_ffff)
+        (u64::from(self.class) << 48) | self.pack()
+    }
+
+    /// Slot and generation in 48 bits (`slot << 24 | generation`), never 0 for a handle the
+    /// slab handed out: what a lockless list link stores (the class is implied by the list).
+    pub fn pack(self) -> u64 {
+        (u64::from(self.slot & 0xff_ffff) << 24) | u64::from(self.generation & 0xff_ffff)
+    }
+
+    /// The handle of class `class` that [`pack`](Self::pack) produced `packed` from.
+    pub fn unpack(class: u8, packed: u64) -> Self {
+        Handle::new(class, ((packed >> 24) & 0xff_ffff) as u32, (packed & 0xff_ffff) as u32)
     }
 }
 

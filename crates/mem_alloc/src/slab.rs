@@ -95,6 +95,22 @@ pub(crate) enum State {
     RcuDeferred = 3,
 }
 
+/// Generations use 24 bits, so that a handle packs into 48 bits (see [`Handle::pack`]); 0 is
+/// never handed out. A slot reused 2^24 times aliases an old handle (accepted).
+///
+/// [`Handle::pack`]: crate::Handle::pack
+pub const GENERATION_BITS: u32 = 24;
+
+/// Most slots a slab may have (slot indices pack into 24 bits).
+pub const MAX_CAPACITY: u32 = 1 << 24;
+
+fn next_generation(g: u32) -> u32 {
+    match (g + 1) & ((1 << GENERATION_BITS) - 1) {
+        0 => 1,
+        n => n,
+    }
+}
+
 fn pack(generation: u32, state: State) -> u64 {
     (u64::from(generation) << 8) | state as u64
 }
@@ -277,6 +293,10 @@ pub(crate) use alloc_event;
 impl<T: SlabObject> Slab<T> {
     /// A slab of `capacity` objects of `unit_size` bytes, charging `account`, reporting to
     /// `violations`. `class` tags the handles (size-class index; 0 for a lone slab).
+    ///
+    /// # Panics
+    ///
+    /// If `capacity` exceeds [`MAX_CAPACITY`].
     pub fn new(
         name: &'static str,
         class: u8,
@@ -286,6 +306,7 @@ impl<T: SlabObject> Slab<T> {
         violations: Violations,
         probes: Probes,
     ) -> Self {
+        assert!(capacity <= MAX_CAPACITY, "bpfls-mem-alloc: slab capacity {capacity} > 2^24");
         let slots = (0..capacity)
             .map(|_| SlotCell {
                 word: AtomicU64::new(pack(0, State::SlabFree)),
@@ -426,7 +447,7 @@ impl<T: SlabObject> Slab<T> {
              object on two lists?)",
             self.name
         );
-        let generation = g.wrapping_add(1).max(1);
+        let generation = next_generation(g);
         // ORDERING: Release pairs with the Acquire load in `check`: a stale reader that sees
         // the new generation also sees everything the previous lifetime's free did.
         cell.word.store(pack(generation, State::Allocated), Ordering::Release);

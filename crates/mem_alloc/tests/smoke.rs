@@ -66,3 +66,28 @@ fn sleepable_alloc_falls_back_to_the_slab() {
     assert_eq!(ma.destroy().unwrap().leaked, 0);
     assert!(v.is_empty());
 }
+
+#[test]
+fn handles_pack_into_48_bits_and_generations_wrap_at_2_pow_24() {
+    let h = bpfls_mem_alloc::Handle::new(0, 0xab_cdef, 0x12_3456);
+    assert_eq!(h.pack(), 0xab_cdef_12_3456);
+    assert_eq!(bpfls_mem_alloc::Handle::unpack(0, h.pack()), h);
+    assert!(h.pack() < 1 << 48);
+    // A slot handed out again and again never gets generation 0 and stays within 24 bits.
+    let slab: bpfls_mem_alloc::Slab<Bytes> = bpfls_mem_alloc::Slab::new(
+        "wrap",
+        0,
+        8,
+        1,
+        Account::unlimited("m"),
+        Violations::new(),
+        bpfls_sync::probe::Probes::new(),
+    );
+    let mut last = 0;
+    for _ in 0..5 {
+        let h = slab.alloc("a").unwrap();
+        assert!(h.generation() > last && h.generation() < 1 << 24);
+        last = h.generation();
+        slab.free(h, "f").unwrap();
+    }
+}
