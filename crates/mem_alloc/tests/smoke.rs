@@ -70,7 +70,7 @@ fn sleepable_alloc_falls_back_to_the_slab() {
 #[test]
 fn handles_pack_into_48_bits_and_generations_wrap_at_2_pow_24() {
     let h = bpfls_mem_alloc::Handle::new(0, 0xab_cdef, 0x12_3456);
-    assert_eq!(h.pack(), 0xab_cdef_12_3456);
+    assert_eq!(h.pack(), 0xabcd_ef12_3456);
     assert_eq!(bpfls_mem_alloc::Handle::unpack(0, h.pack()), h);
     assert!(h.pack() < 1 << 48);
     // A slot handed out again and again never gets generation 0 and stays within 24 bits.
