@@ -1,0 +1,24 @@
+//! The BPF local storage core: `kernel/bpf/bpf_local_storage.c` of the bpf_ma era (v6.4 ..
+//! v6.18) over checked handles.
+//!
+//! **Work in progress** (issue 4): the data model, `map_alloc_check`, the cache-index
+//! allocator and the core operations are here; the invariant checker, the loom race models,
+//! fault injection, clone and the benchmarks are not yet. See ADR 0002 for the
+//! representation: selems and storages live in `bpfls-mem-alloc` slabs, lists are packed
+//! handles in atomics walked locklessly, and every access a program makes goes through a
+//! checked handle.
+//!
+//! **Architecture invariant:** this crate knows nothing about tasks or sockets: an owner is
+//! anything that implements [`Owner`].
+
+pub mod errno;
+pub mod flags;
+mod local;
+pub mod map;
+pub mod objects;
+mod owner;
+
+pub use errno::Errno;
+pub use local::{Allocator, LocalStorage, MAX_MAPS, SelemRef, Smap, TypeConfig};
+pub use map::{CacheIdx, MapAttr, ValueLayout, map_alloc_check};
+pub use owner::{BasicOwner, Optmem, Owner};

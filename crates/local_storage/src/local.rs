@@ -1,0 +1,909 @@
+//! The operations of `kernel/bpf/bpf_local_storage.c` (V-MA, the bpf_ma era).
+//!
+//! Locks: S (`storage.lock`) before B (a bucket's lock), never the reverse; nothing is
+//! allocated or freed while either is held (frees are collected and carried out after the
+//! unlock). Lookups are lockless, as the kernel's are, except the cache insertion, which takes
+//! S and re-checks that the selem is still linked (I6, check C8).
+
+use crate::errno::Errno;
+use crate::flags::{BPF_EXIST, BPF_F_LOCK, BPF_NOEXIST};
+use crate::map::{CacheIdx, MapAttr, SELEM_HDR, map_alloc_check, nbuckets};
+use crate::objects::{Locked, Selem, Storage, link, link_handle, link_map};
+use crate::owner::Owner;
+use bpfls_mem_alloc::{
+    Account, Handle, MemAlloc, MemAllocConfig, MemError, Slab, SlabObject, UnitSize, Violation,
+    Violations,
+};
+use bpfls_rcu::{Domains, ReclaimPolicy};
+use bpfls_sync::atomic::{AtomicU64, Ordering};
+use bpfls_sync::probe::Probes;
+use bpfls_sync::{Arc, SpinLock, untracked};
+use std::fmt;
+
+/// Most live maps per storage type (map ids are 16-bit in list links; ids are reused).
+pub const MAX_MAPS: usize = 4096;
+
+/// Where a storage type's objects come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allocator {
+    /// `bpf_mem_alloc` (task, cgroup in V-MA): immediate reuse on `reuse_now`.
+    BpfMa,
+    /// `kmalloc` / `kfree_rcu` (socket, inode in V-MA).
+    Kmalloc,
+}
+
+/// How a storage type (the kernel's per-type `bpf_local_storage_cache` plus its choices) is
+/// built.
+#[derive(Debug, Clone)]
+pub struct TypeConfig {
+    /// `"task"`, `"sk"`, ...
+    pub name: &'static str,
+    /// Logical CPUs (buckets, per-CPU caches, RCU reader slots).
+    pub cpus: u32,
+    /// The allocator of selems and storages.
+    pub allocator: Allocator,
+    /// `sizeof(struct bpf_local_storage)` charged per storage.
+    pub storage_size: usize,
+    /// Slots per allocator (selems per map, storages per type).
+    pub capacity: u32,
+    /// Probe points.
+    pub probes: Probes,
+}
+
+impl TypeConfig {
+    /// A task-like type: bpf_ma, 176-byte storages.
+    pub fn task_like(cpus: u32) -> Self {
+        TypeConfig {
+            name: "task",
+            cpus,
+            allocator: Allocator::BpfMa,
+            storage_size: 176,
+            capacity: 4096,
+            probes: Probes::new(),
+        }
+    }
+
+    /// A socket-like type: kmalloc.
+    pub fn socket_like(cpus: u32) -> Self {
+        TypeConfig { name: "sk", allocator: Allocator::Kmalloc, ..Self::task_like(cpus) }
+    }
+}
+
+/// A pool of objects: the per-CPU cache, or the plain slab.
+enum Pool<T: SlabObject> {
+    Ma(MemAlloc<T>),
+    Slab(Slab<T>),
+}
+
+/// What every pool of one storage type shares.
+struct PoolEnv<'a> {
+    cfg: &'a TypeConfig,
+    domains: &'a Arc<Domains>,
+    account: &'a Account,
+    violations: &'a Violations,
+}
+
+impl<T: SlabObject> Pool<T> {
+    fn new(env: &PoolEnv<'_>, unit: usize) -> Result<Self, Errno> {
+        let PoolEnv { cfg, domains, account, violations } = *env;
+        let (name, allocator, cpus, capacity, probes) =
+            (cfg.name, cfg.allocator, cfg.cpus, cfg.capacity, &cfg.probes);
+        Ok(match allocator {
+            Allocator::BpfMa => {
+                let cfg = MemAllocConfig::new(name, cpus, UnitSize::Fixed(unit))
+                    .with_capacity(capacity)
+                    .with_probes(probes.clone());
+                let ma = MemAlloc::new(cfg, domains.clone(), account.clone(), violations.clone())
+                    .map_err(|_| Errno::ENOMEM)?;
+                Pool::Ma(ma)
+            }
+            Allocator::Kmalloc => Pool::Slab(Slab::new(
+                name,
+                0,
+                unit + bpfls_mem_alloc::HEADER,
+                capacity,
+                account.clone(),
+                violations.clone(),
+                probes.clone(),
+            )),
+        })
+    }
+
+    fn slab(&self) -> &Slab<T> {
+        match self {
+            Pool::Ma(m) => m.slab(0),
+            Pool::Slab(s) => s,
+        }
+    }
+
+    fn alloc(&self, cpu: u32, sleepable: bool, site: &'static str) -> Option<Handle> {
+        match self {
+            Pool::Ma(m) if sleepable => m.alloc_sleepable(cpu).ok(),
+            Pool::Ma(m) => m.alloc(cpu).ok(),
+            Pool::Slab(s) => s.alloc(site).ok(),
+        }
+    }
+
+    /// The object behind `h`, without checks (lockless walks: type-stable memory).
+    fn peek(&self, h: Handle) -> Option<&T> {
+        self.slab().peek(h)
+    }
+
+    /// `bpf_mem_cache_free`: immediate reuse (bpf_ma only).
+    fn free_now(&self, cpu: u32, h: Handle) {
+        match self {
+            Pool::Ma(m) => {
+                let _ = m.free(cpu, h);
+            }
+            Pool::Slab(s) => {
+                let _ = s.free(h, "kfree");
+            }
+        }
+    }
+
+    /// `kfree` / `bpf_mem_cache_raw_free`: the caller has waited.
+    fn raw_free(&self, h: Handle) {
+        match self {
+            Pool::Ma(m) => {
+                let _ = m.raw_free(h);
+            }
+            Pool::Slab(s) => {
+                let _ = s.free(h, "kfree");
+            }
+        }
+    }
+}
+
+/// `struct bpf_local_storage_map_bucket`.
+struct Bucket {
+    head: AtomicU64,
+    lock: SpinLock<()>,
+}
+
+/// `struct bpf_local_storage_map` (smap).
+pub struct Smap {
+    id: u16,
+    attr: MapAttr,
+    elem_size: usize,
+    cache_idx: u16,
+    buckets: Box<[Bucket]>,
+    selems: Pool<Selem>,
+}
+
+impl fmt::Debug for Smap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Smap")
+            .field("id", &self.id)
+            .field("value_size", &self.attr.value_size)
+            .field("cache_idx", &self.cache_idx)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Smap {
+    /// The map id (unique among live maps of the type).
+    pub fn id(&self) -> u16 {
+        self.id
+    }
+
+    /// `elem_size` = `SELEM_HDR + value_size`.
+    pub fn elem_size(&self) -> usize {
+        self.elem_size
+    }
+
+    /// The storage cache slot this map uses.
+    pub fn cache_idx(&self) -> u16 {
+        self.cache_idx
+    }
+
+    /// The attributes it was created with.
+    pub fn attr(&self) -> &MapAttr {
+        &self.attr
+    }
+
+    /// Number of buckets.
+    pub fn nbuckets(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// The slab of this map's selems.
+    pub fn selem_slab(&self) -> &Slab<Selem> {
+        self.selems.slab()
+    }
+
+    /// `select_bucket` (V-MA: a hash of the selem).
+    fn bucket(&self, h: Handle) -> &Bucket {
+        let x = u64::from(h.slot()).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        &self.buckets[(x >> 40) as usize & (self.buckets.len() - 1)]
+    }
+}
+
+/// A selem found or created by an operation: the map and the checked handle.
+#[derive(Clone)]
+pub struct SelemRef {
+    smap: Arc<Smap>,
+    h: Handle,
+}
+
+impl fmt::Debug for SelemRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SelemRef(map {}, {})", self.smap.id, self.h)
+    }
+}
+
+impl SelemRef {
+    /// The selem's handle.
+    pub fn handle(&self) -> Handle {
+        self.h
+    }
+
+    /// Its map.
+    pub fn map(&self) -> &Arc<Smap> {
+        &self.smap
+    }
+
+    /// Reads the value through a checked access (a reused or freed selem is a violation).
+    pub fn read(&self, site: &'static str) -> Result<Vec<u8>, Violation> {
+        let len = self.smap.attr.value_size as usize;
+        self.smap.selems.slab().read(self.h, site, |s| s.read_value(len))
+    }
+
+    /// Writes the value through a checked access (a program writing through the pointer the
+    /// get helper returned).
+    pub fn write(&self, site: &'static str, bytes: &[u8]) -> Result<(), Violation> {
+        self.smap.selems.slab().read(self.h, site, |s| s.write_value(bytes))
+    }
+}
+
+struct Inner {
+    cfg: TypeConfig,
+    domains: Arc<Domains>,
+    violations: Violations,
+    account: Account,
+    cache_idx: CacheIdx,
+    maps: Box<[untracked::RwLock<Option<Arc<Smap>>>]>,
+    storages: Pool<Storage>,
+}
+
+/// One storage type (task, socket, ...): its maps, its storages, its cache-index allocator.
+pub struct LocalStorage {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for LocalStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalStorage").field("type", &self.inner.cfg.name).finish_non_exhaustive()
+    }
+}
+
+/// Selems unlinked under a lock, freed after it (the kernel's `free_node` list).
+type FreeList = Vec<SelemRef>;
+
+impl LocalStorage {
+    /// A storage type over `domains`, reporting violations to `violations`.
+    pub fn new(
+        cfg: TypeConfig,
+        domains: Arc<Domains>,
+        violations: Violations,
+    ) -> Result<Self, Errno> {
+        let account = Account::unlimited(cfg.name);
+        let env =
+            PoolEnv { cfg: &cfg, domains: &domains, account: &account, violations: &violations };
+        let storages = Pool::new(&env, cfg.storage_size)?;
+        Ok(LocalStorage {
+            inner: Arc::new(Inner {
+                maps: (0..MAX_MAPS).map(|_| untracked::RwLock::new(None)).collect(),
+                cache_idx: CacheIdx::new(),
+                cfg,
+                domains,
+                violations,
+                account,
+                storages,
+            }),
+        })
+    }
+
+    /// The type's cache-index usage counts.
+    pub fn cache_idx_counts(&self) -> [u64; crate::map::CACHE_SIZE] {
+        self.inner.cache_idx.counts()
+    }
+
+    /// The memory account of the type's allocators (bytes of selems and storages out of the
+    /// slabs, cached objects included).
+    pub fn account(&self) -> &Account {
+        &self.inner.account
+    }
+
+    /// The slab of the type's storages.
+    pub fn storage_slab(&self) -> &Slab<Storage> {
+        self.inner.storages.slab()
+    }
+
+    /// `bpf_local_storage_map_alloc`: checks `attr`, builds the map (buckets, its selem
+    /// allocator) and takes a cache index last.
+    pub fn map_create(&self, attr: MapAttr) -> Result<Arc<Smap>, Errno> {
+        map_alloc_check(&attr)?;
+        let inner = &self.inner;
+        let id = (1..MAX_MAPS)
+            .find(|&i| inner.maps[i].read().unwrap_or_else(|e| e.into_inner()).is_none())
+            .ok_or(Errno::ENOMEM)? as u16;
+        let elem_size = SELEM_HDR + attr.value_size as usize;
+        let env = PoolEnv {
+            cfg: &inner.cfg,
+            domains: &inner.domains,
+            account: &inner.account,
+            violations: &inner.violations,
+        };
+        let selems = Pool::new(&env, elem_size)?;
+        let smap = Arc::new(Smap {
+            id,
+            attr,
+            elem_size,
+            cache_idx: inner.cache_idx.get(),
+            buckets: (0..nbuckets(inner.cfg.cpus))
+                .map(|_| Bucket { head: AtomicU64::new(0), lock: SpinLock::new(()) })
+                .collect(),
+            selems,
+        });
+        *inner.maps[id as usize].write().unwrap_or_else(|e| e.into_inner()) = Some(smap.clone());
+        Ok(smap)
+    }
+
+    fn smap_by_id(&self, id: u16) -> Option<Arc<Smap>> {
+        self.inner.maps.get(id as usize)?.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn storage_of(&self, owner: &dyn Owner) -> Option<(Handle, &Storage)> {
+        // ORDERING: Acquire pairs with the Release compare-and-swap that published the
+        // storage (`storage_alloc`): its initialisation is visible.
+        let packed = owner.storage_ptr().load(Ordering::Acquire);
+        if packed == 0 {
+            return None;
+        }
+        let h = Handle::unpack(0, packed);
+        self.inner.storages.peek(h).map(|s| (h, s))
+    }
+
+    /// Resolves a selem link (for the walker: type-stable, unchecked).
+    fn resolve(&self, smap: &Arc<Smap>, l: u64) -> Option<(Arc<Smap>, Handle)> {
+        let map = link_map(l);
+        let owner_map = if map == smap.id { smap.clone() } else { self.smap_by_id(map)? };
+        Some((owner_map, link_handle(l)))
+    }
+
+    /// `bpf_local_storage_lookup` on an owner: the cache fast path, then a lockless walk; with
+    /// `cacheit`, the hit is cached under S if still linked. Runs inside an RCU read section of
+    /// `cpu`; the caller keeps its own section around any use of the result.
+    pub fn lookup(
+        &self,
+        cpu: u32,
+        owner: &dyn Owner,
+        smap: &Arc<Smap>,
+        cacheit: bool,
+    ) -> Option<SelemRef> {
+        let _rcu = self.inner.domains.rcu.read_lock(cpu);
+        let (_, storage) = self.storage_of(owner)?;
+        self.lookup_in(storage, smap, cacheit)
+    }
+
+    fn lookup_in(&self, storage: &Storage, smap: &Arc<Smap>, cacheit: bool) -> Option<SelemRef> {
+        let idx = smap.cache_idx as usize;
+        // ORDERING: Acquire pairs with the Release store of the cache slot (under S): the
+        // selem it names is fully linked.
+        let cached = storage.cache[idx].load(Ordering::Acquire);
+        if cached != 0 && link_map(cached) == smap.id {
+            let h = link_handle(cached);
+            // `s->smap == smap`: a reused selem of another map is just a miss.
+            if smap
+                .selems
+                .peek(h)
+                .is_some_and(|s| s.smap.load(Ordering::Relaxed) == u32::from(smap.id))
+            {
+                return Some(SelemRef { smap: smap.clone(), h });
+            }
+        }
+        // ORDERING: Acquire pairs with the Release store of the list head in `link_storage`.
+        let mut cur = storage.list_head.load(Ordering::Acquire);
+        let mut found = None;
+        while cur != 0 {
+            let Some((m, h)) = self.resolve(smap, cur) else { break };
+            let Some(sel) = m.selems.peek(h) else { break };
+            if m.id == smap.id && sel.smap.load(Ordering::Relaxed) == u32::from(smap.id) {
+                found = Some((cur, h));
+                break;
+            }
+            // ORDERING: Acquire pairs with the Release store of `snode_next` at insertion.
+            cur = sel.snode_next.load(Ordering::Acquire);
+        }
+        let (l, h) = found?;
+        if cacheit {
+            let sel = smap.selems.peek(h)?;
+            let guard = storage.lock.lock();
+            if sel.storage_linked.load(Ordering::Relaxed) {
+                // ORDERING: Release pairs with the Acquire load of the fast path.
+                storage.cache[idx].store(l, Ordering::Release);
+            }
+            drop(guard);
+        }
+        Some(SelemRef { smap: smap.clone(), h })
+    }
+
+    // ----- allocation and freeing -----------------------------------------------------------
+
+    /// `bpf_selem_alloc`: charges `elem_size`, allocates, fills the value.
+    fn selem_alloc(
+        &self,
+        cpu: u32,
+        owner: &dyn Owner,
+        smap: &Arc<Smap>,
+        value: Option<&[u8]>,
+        sleepable: bool,
+    ) -> Result<Handle, Errno> {
+        owner.charge(smap.elem_size)?;
+        let Some(h) = smap.selems.alloc(cpu, sleepable, "selem_alloc") else {
+            owner.uncharge(smap.elem_size);
+            return Err(Errno::ENOMEM);
+        };
+        let sel = smap.selems.peek(h).expect("just allocated");
+        sel.smap.store(0, Ordering::Relaxed);
+        sel.storage.store(0, Ordering::Relaxed);
+        sel.storage_linked.store(false, Ordering::Relaxed);
+        sel.map_linked.store(false, Ordering::Relaxed);
+        match value {
+            Some(v) => sel.write_value(v),
+            None => sel.zero_value(),
+        }
+        Ok(h)
+    }
+
+    /// `bpf_selem_free` (§3.1): immediate reuse, `kfree_rcu`, or after a Tasks-Trace grace
+    /// period (chained through RCU when it does not imply one).
+    fn selem_free(&self, cpu: u32, s: SelemRef, reuse_now: bool) {
+        let d = &self.inner.domains;
+        let bytes = s.smap.elem_size;
+        let obj = s.h.id();
+        match (self.inner.cfg.allocator, reuse_now) {
+            (Allocator::BpfMa, true) => s.smap.selems.free_now(cpu, s.h),
+            (_, false) => d.defer(d.sleepable_policy(), obj, bytes, move || {
+                s.smap.selems.raw_free(s.h);
+            }),
+            (Allocator::Kmalloc, true) => d.defer(ReclaimPolicy::AfterRcu, obj, bytes, move || {
+                s.smap.selems.raw_free(s.h);
+            }),
+        }
+    }
+
+    /// `bpf_local_storage_free` (§3.1).
+    fn storage_free(&self, cpu: u32, h: Handle, reuse_now: bool, creator_known: bool) {
+        let d = &self.inner.domains;
+        let me = self.inner.clone();
+        let bytes = self.inner.cfg.storage_size;
+        match (self.inner.cfg.allocator, reuse_now) {
+            (Allocator::BpfMa, true) if creator_known => self.inner.storages.free_now(cpu, h),
+            (Allocator::BpfMa, true) | (Allocator::Kmalloc, true) => {
+                d.defer(ReclaimPolicy::AfterRcu, h.id(), bytes, move || me.storages.raw_free(h))
+            }
+            (_, false) => {
+                d.defer(d.sleepable_policy(), h.id(), bytes, move || me.storages.raw_free(h))
+            }
+        }
+    }
+
+    // ----- linking ------------------------------------------------------------------------
+
+    /// `bpf_selem_link_map`: head insertion under B.
+    fn link_map(&self, smap: &Smap, h: Handle) {
+        let sel = smap.selems.peek(h).expect("live selem");
+        let b = smap.bucket(h);
+        let guard = b.lock.lock();
+        sel.smap.store(u32::from(smap.id), Ordering::Relaxed);
+        sel.map_next.store(b.head.load(Ordering::Relaxed), Ordering::Relaxed);
+        sel.map_linked.store(true, Ordering::Relaxed);
+        // ORDERING: Release publishes the initialised selem to bucket walkers (map_free).
+        b.head.store(link(smap.id, h), Ordering::Release);
+        smap.selem_slab().note_link(h);
+        drop(guard);
+    }
+
+    /// `bpf_selem_unlink_map`: removal under B if still linked (lockless pre-check first).
+    fn unlink_map(&self, smap: &Smap, h: Handle) {
+        let Some(sel) = smap.selems.peek(h) else { return };
+        if !sel.map_linked.load(Ordering::Relaxed) {
+            return;
+        }
+        let b = smap.bucket(h);
+        let guard = b.lock.lock();
+        if sel.map_linked.load(Ordering::Relaxed) {
+            let me = link(smap.id, h);
+            let next = sel.map_next.load(Ordering::Relaxed);
+            unlink_from(&b.head, me, next, &|l, f| {
+                if let Some(s) = smap.selems.peek(link_handle(l)) {
+                    f(&s.map_next);
+                }
+            });
+            sel.map_linked.store(false, Ordering::Relaxed);
+            smap.selem_slab().note_unlink(h);
+        }
+        drop(guard);
+    }
+
+    /// `bpf_selem_link_storage_nolock`: head insertion (S held, or the storage still
+    /// private).
+    fn link_storage(&self, storage_h: Handle, storage: &Storage, smap: &Smap, h: Handle) {
+        let sel = smap.selems.peek(h).expect("live selem");
+        sel.storage.store(storage_h.pack(), Ordering::Relaxed);
+        sel.snode_next.store(storage.list_head.load(Ordering::Relaxed), Ordering::Relaxed);
+        sel.storage_linked.store(true, Ordering::Relaxed);
+        // ORDERING: Release publishes the initialised selem to lockless lookups.
+        storage.list_head.store(link(smap.id, h), Ordering::Release);
+        smap.selem_slab().note_link(h);
+    }
+
+    /// `bpf_selem_unlink_storage_nolock` (S held): uncharge, last-element handling, cache
+    /// clear, removal; the selem goes on `free`. Returns whether it was the last.
+    fn unlink_storage_nolock(
+        &self,
+        storage: &Storage,
+        locked: &mut Locked,
+        s: &SelemRef,
+        free: &mut FreeList,
+    ) -> bool {
+        let sel = s.smap.selems.peek(s.h).expect("linked selem");
+        let me = link(s.smap.id, s.h);
+        let next = sel.snode_next.load(Ordering::Relaxed);
+        let head = storage.list_head.load(Ordering::Relaxed);
+        let last = head == me && next == 0;
+        if let Some(owner) = &locked.owner {
+            owner.uncharge(s.smap.elem_size);
+            if last {
+                owner.uncharge(self.inner.cfg.storage_size);
+                // After this the owner may go away: the storage no longer points at it.
+                // ORDERING: Release pairs with the Acquire load in `storage_of`; a later
+                // creator's compare-and-swap from 0 follows it in modification order.
+                owner.storage_ptr().store(0, Ordering::Release);
+            }
+        }
+        if last {
+            locked.owner = None;
+        }
+        unlink_from(&storage.list_head, me, next, &|l, f| {
+            if let Some((m, h)) = self.resolve(&s.smap, l)
+                && let Some(other) = m.selems.peek(h)
+            {
+                f(&other.snode_next);
+            }
+        });
+        sel.storage_linked.store(false, Ordering::Relaxed);
+        s.smap.selem_slab().note_unlink(s.h);
+        let idx = s.smap.cache_idx as usize;
+        if storage.cache[idx].load(Ordering::Relaxed) == me {
+            // ORDERING: Release pairs with the fast path's Acquire load.
+            storage.cache[idx].store(0, Ordering::Release);
+        }
+        if storage.smap.load(Ordering::Relaxed) == u32::from(s.smap.id) {
+            storage.smap.store(0, Ordering::Relaxed);
+        }
+        free.push(s.clone());
+        last
+    }
+}
+
+/// The accessor [`unlink_from`] walks with.
+type WithNext<'a> = dyn Fn(u64, &mut dyn FnMut(&AtomicU64)) + 'a;
+
+/// Removes `me` (whose successor is `next`) from the singly linked list at `head`, leaving
+/// `me`'s own next link intact (`hlist_del_init_rcu`, so a walker standing on `me` goes on).
+/// `with_next(link, f)` calls `f` with the next field of the node `link` names (the caller
+/// holds the list's lock, which keeps every node on the list alive).
+fn unlink_from(head: &AtomicU64, me: u64, next: u64, with_next: &WithNext<'_>) {
+    let first = head.load(Ordering::Relaxed);
+    if first == me {
+        // ORDERING: Release: a walker that reads the new head sees the successor initialised
+        // (it was published with Release when it was inserted).
+        head.store(next, Ordering::Release);
+        return;
+    }
+    let mut cur = first;
+    while cur != 0 {
+        let mut following = 0;
+        let mut done = false;
+        with_next(cur, &mut |field| {
+            let v = field.load(Ordering::Relaxed);
+            if v == me {
+                // ORDERING: Release, as for the head above.
+                field.store(next, Ordering::Release);
+                done = true;
+            } else {
+                following = v;
+            }
+        });
+        if done {
+            return;
+        }
+        cur = following;
+    }
+}
+
+/// `check_flags`: `BPF_NOEXIST` on a present element → `-EEXIST`; `BPF_EXIST` on a missing one
+/// → `-ENOENT`.
+fn check_flags(old: bool, flags: u64) -> Result<(), Errno> {
+    let f = flags & !BPF_F_LOCK;
+    if old && f == BPF_NOEXIST {
+        return Err(Errno::EEXIST);
+    }
+    if !old && f == BPF_EXIST {
+        return Err(Errno::ENOENT);
+    }
+    Ok(())
+}
+
+impl LocalStorage {
+    /// `bpf_local_storage_update` (§2.3): creates or replaces `owner`'s element of `smap`
+    /// with `value` (`value_size` bytes), under `flags` (`BPF_ANY` / `BPF_NOEXIST` /
+    /// `BPF_EXIST`, optionally `| BPF_F_LOCK`). `sleepable` is the `GFP_KERNEL` of a sleepable
+    /// program's get-with-create (only with `BPF_NOEXIST`). Runs in an RCU read section of
+    /// `cpu`. The caller guarantees the owner is not being destroyed.
+    pub fn update(
+        &self,
+        cpu: u32,
+        owner: &untracked::Arc<dyn Owner>,
+        smap: &Arc<Smap>,
+        value: Option<&[u8]>,
+        flags: u64,
+        sleepable: bool,
+    ) -> Result<SelemRef, Errno> {
+        let layout = smap.attr.layout;
+        if (flags & !BPF_F_LOCK) > BPF_EXIST
+            || (flags & BPF_F_LOCK != 0 && !layout.spin_lock)
+            || (sleepable && (flags & !BPF_F_LOCK) != BPF_NOEXIST)
+            || value.is_some_and(|v| v.len() != smap.attr.value_size as usize)
+        {
+            return Err(Errno::EINVAL);
+        }
+        let _rcu = self.inner.domains.rcu.read_lock(cpu);
+        let storage = self.storage_of(owner.as_ref());
+        // ORDERING: Acquire pairs with the Release head store in `link_storage`.
+        let empty = storage.is_none_or(|(_, s)| s.list_head.load(Ordering::Acquire) == 0);
+        if empty {
+            // First element of this owner.
+            check_flags(false, flags)?;
+            let h = self.selem_alloc(cpu, owner.as_ref(), smap, value, sleepable)?;
+            let s = SelemRef { smap: smap.clone(), h };
+            if let Err(e) = self.storage_alloc(cpu, owner, smap, h, sleepable) {
+                owner.uncharge(smap.elem_size);
+                self.selem_free(cpu, s, true);
+                return Err(e);
+            }
+            return Ok(s);
+        }
+        let (storage_h, storage) = storage.expect("non-empty storage");
+        if flags & BPF_F_LOCK != 0 && flags & !BPF_F_LOCK != BPF_NOEXIST {
+            // The in-place fast path: no storage or bucket lock.
+            let old = self.lookup_in(storage, smap, false);
+            check_flags(old.is_some(), flags)?;
+            if let Some(old) = old
+                && let Some(sel) = smap.selems.peek(old.h)
+                && sel.storage_linked.load(Ordering::Relaxed)
+            {
+                let guard = sel.value_lock.lock();
+                if let Some(v) = value {
+                    sel.write_value(v);
+                }
+                drop(guard);
+                return Ok(old);
+            }
+        }
+        // Allocate (and charge) before taking S: no allocation under a raw spinlock (B7).
+        let new_h = self.selem_alloc(cpu, owner.as_ref(), smap, value, sleepable)?;
+        let new = SelemRef { smap: smap.clone(), h: new_h };
+        let mut free = FreeList::new();
+        let mut unused = Some(new.clone());
+        let mut last = false;
+        let creator = storage.smap.load(Ordering::Relaxed) != 0;
+        let result = {
+            let mut locked = storage.lock.lock();
+            if storage.list_head.load(Ordering::Relaxed) == 0 {
+                // A concurrent delete removed the last element: the storage is going away.
+                Err(Errno::EAGAIN)
+            } else {
+                let old = self.lookup_in(storage, smap, false);
+                match check_flags(old.is_some(), flags) {
+                    Err(e) => Err(e),
+                    Ok(()) if old.is_some() && flags & BPF_F_LOCK != 0 => {
+                        let old = old.expect("present");
+                        if let Some(sel) = smap.selems.peek(old.h) {
+                            let guard = sel.value_lock.lock();
+                            if let Some(v) = value {
+                                sel.write_value(v);
+                            }
+                            drop(guard);
+                        }
+                        Ok(old)
+                    }
+                    Ok(()) => {
+                        // New into map, new into storage, old out of map, old out of storage.
+                        self.link_map(smap, new_h);
+                        self.link_storage(storage_h, storage, smap, new_h);
+                        unused = None;
+                        if let Some(old) = old {
+                            self.unlink_map(smap, old.h);
+                            last =
+                                self.unlink_storage_nolock(storage, &mut locked, &old, &mut free);
+                        }
+                        Ok(new.clone())
+                    }
+                }
+            }
+        };
+        for old in free {
+            self.selem_free(cpu, old, false);
+        }
+        if last {
+            self.storage_free(cpu, storage_h, false, creator);
+        }
+        if let Some(unused) = unused {
+            owner.uncharge(smap.elem_size);
+            self.selem_free(cpu, unused, true);
+        }
+        result
+    }
+
+    /// `bpf_local_storage_alloc` (§2.4): charges and allocates the owner's storage, links
+    /// `first` into it and into the map, then publishes it with a compare-and-swap of the
+    /// owner's pointer. The loser of a race gets `-EAGAIN` (no retry).
+    fn storage_alloc(
+        &self,
+        cpu: u32,
+        owner: &untracked::Arc<dyn Owner>,
+        smap: &Arc<Smap>,
+        first: Handle,
+        sleepable: bool,
+    ) -> Result<(), Errno> {
+        let size = self.inner.cfg.storage_size;
+        owner.charge(size)?;
+        let Some(h) = self.inner.storages.alloc(cpu, sleepable, "storage_alloc") else {
+            owner.uncharge(size);
+            return Err(Errno::ENOMEM);
+        };
+        let storage = self.inner.storages.peek(h).expect("just allocated");
+        storage.list_head.store(0, Ordering::Relaxed);
+        storage.smap.store(u32::from(smap.id), Ordering::Relaxed);
+        storage.lock.lock().owner = Some(owner.clone());
+        self.link_storage(h, storage, smap, first);
+        self.link_map(smap, first);
+        // ORDERING: AcqRel: Release publishes the initialised storage to `storage_of`'s
+        // Acquire load; Acquire (on failure too) orders us after the winner's publication.
+        let won = owner
+            .storage_ptr()
+            .compare_exchange(0, h.pack(), Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if won {
+            return Ok(());
+        }
+        // Lost the race: undo. The storage was never published: immediate reuse is fine.
+        self.unlink_map(smap, first);
+        let sel = smap.selems.peek(first).expect("private selem");
+        sel.storage_linked.store(false, Ordering::Relaxed);
+        smap.selem_slab().note_unlink(first);
+        storage.list_head.store(0, Ordering::Relaxed);
+        storage.lock.lock().owner = None;
+        owner.uncharge(size);
+        self.storage_free(cpu, h, true, true);
+        Err(Errno::EAGAIN)
+    }
+
+    /// `bpf_selem_unlink` (§2.5): off the map (B), then off the storage (S); frees after the
+    /// unlock with `reuse_now`, and the storage too if this was its last element.
+    pub fn selem_unlink(&self, cpu: u32, s: &SelemRef, reuse_now: bool) {
+        let _rcu = self.inner.domains.rcu.read_lock(cpu);
+        self.unlink_map(&s.smap, s.h);
+        let Some(sel) = s.smap.selems.peek(s.h) else { return };
+        if !sel.storage_linked.load(Ordering::Relaxed) {
+            return;
+        }
+        let storage_h = Handle::unpack(0, sel.storage.load(Ordering::Relaxed));
+        let Some(storage) = self.inner.storages.peek(storage_h) else { return };
+        let creator = storage.smap.load(Ordering::Relaxed) != 0;
+        let mut free = FreeList::new();
+        let mut last = false;
+        {
+            let mut locked = storage.lock.lock();
+            if sel.storage_linked.load(Ordering::Relaxed) {
+                last = self.unlink_storage_nolock(storage, &mut locked, s, &mut free);
+            }
+        }
+        for f in free {
+            self.selem_free(cpu, f, reuse_now);
+        }
+        if last {
+            self.storage_free(cpu, storage_h, reuse_now, creator);
+        }
+    }
+
+    /// The delete helper / syscall core: the owner's element of `smap`, unlinked with
+    /// `reuse_now = false` (programs may still hold it). `-ENOENT` when absent.
+    pub fn delete(&self, cpu: u32, owner: &dyn Owner, smap: &Arc<Smap>) -> Result<(), Errno> {
+        let _rcu = self.inner.domains.rcu.read_lock(cpu);
+        let s = self.lookup(cpu, owner, smap, false).ok_or(Errno::ENOENT)?;
+        self.selem_unlink(cpu, &s, false);
+        Ok(())
+    }
+
+    /// `bpf_local_storage_destroy` (§2.6): the owner is going away; every element is
+    /// unlinked (B nested inside S) and freed with `reuse_now = true`, then the storage.
+    pub fn destroy(&self, cpu: u32, owner: &dyn Owner) {
+        let _rcu = self.inner.domains.rcu.read_lock(cpu);
+        let Some((storage_h, storage)) = self.storage_of(owner) else { return };
+        let creator = storage.smap.load(Ordering::Relaxed) != 0;
+        let mut free = FreeList::new();
+        let mut last = false;
+        {
+            let mut locked = storage.lock.lock();
+            let mut cur = storage.list_head.load(Ordering::Relaxed);
+            while cur != 0 {
+                let Some((m, h)) = self.resolve_any(cur) else { break };
+                let next = m.selems.peek(h).map_or(0, |s| s.snode_next.load(Ordering::Relaxed));
+                self.unlink_map(&m, h);
+                let s = SelemRef { smap: m, h };
+                last = self.unlink_storage_nolock(storage, &mut locked, &s, &mut free);
+                cur = next;
+            }
+        }
+        for f in free {
+            self.selem_free(cpu, f, true);
+        }
+        if last {
+            self.storage_free(cpu, storage_h, true, creator);
+        }
+    }
+
+    fn resolve_any(&self, l: u64) -> Option<(Arc<Smap>, Handle)> {
+        Some((self.smap_by_id(link_map(l))?, link_handle(l)))
+    }
+
+    /// `bpf_local_storage_map_free` (§2.8): releases the cache index, waits for RCU readers,
+    /// unlinks every element bucket by bucket with `reuse_now = true`, waits again, and (bpf_ma)
+    /// waits for every pending free callback on both domains before dropping the map's
+    /// allocator.
+    pub fn map_free(&self, cpu: u32, smap: Arc<Smap>) {
+        let inner = &self.inner;
+        inner.cache_idx.put(smap.cache_idx);
+        inner.domains.rcu.synchronize();
+        for b in smap.buckets.iter() {
+            loop {
+                // ORDERING: Acquire pairs with the Release head store in `link_map`.
+                let first = b.head.load(Ordering::Acquire);
+                if first == 0 {
+                    break;
+                }
+                let s = SelemRef { smap: smap.clone(), h: link_handle(first) };
+                self.selem_unlink(cpu, &s, true);
+            }
+        }
+        inner.domains.rcu.synchronize();
+        if inner.cfg.allocator == Allocator::BpfMa {
+            inner.domains.tasks_trace.barrier();
+            if !inner.domains.trace_implies_rcu() {
+                inner.domains.rcu.barrier();
+            }
+        }
+        *inner.maps[smap.id as usize].write().unwrap_or_else(|e| e.into_inner()) = None;
+        if let Pool::Ma(ma) = &smap.selems {
+            let _ = ma.destroy();
+        }
+    }
+
+    /// Tears the type down: waits for every pending free and checks the storage allocator
+    /// (leaks are reported to the collector). Call after every owner was destroyed and every
+    /// map freed.
+    pub fn teardown(&self) -> Result<usize, MemError> {
+        let d = &self.inner.domains;
+        d.rcu.barrier();
+        d.barrier_all();
+        d.rcu.barrier();
+        match &self.inner.storages {
+            Pool::Ma(ma) => ma.destroy().map(|r| r.leaked),
+            Pool::Slab(s) => Ok(s.check_leaks("teardown")),
+        }
+    }
+}
