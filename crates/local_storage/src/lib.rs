@@ -19,6 +19,6 @@ pub mod objects;
 mod owner;
 
 pub use errno::Errno;
-pub use local::{Allocator, LocalStorage, MAX_MAPS, SelemRef, Smap, TypeConfig};
+pub use local::{Allocator, LocalStorage, MAX_MAPS, Mutations, SelemRef, Smap, TypeConfig};
 pub use map::{CacheIdx, MapAttr, ValueLayout, map_alloc_check};
 pub use owner::{BasicOwner, Optmem, Owner};

@@ -46,8 +46,26 @@ pub struct TypeConfig {
     pub storage_size: usize,
     /// Slots per allocator (selems per map, storages per type).
     pub capacity: u32,
-    /// Probe points.
+    /// Probe points: `lookup_cache_insert` (before taking S to cache a hit; an attach point
+    /// for programs), plus the allocators' (`slab_alloc` fails a selem or storage allocation).
     pub probes: Probes,
+    /// Deliberate bugs, for proving that the checkers catch them.
+    pub mutations: Mutations,
+}
+
+/// Re-introduced kernel bugs (bug zoo), each caught by a test.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Mutations {
+    /// C8: cache a lookup hit without re-checking under S that it is still linked.
+    pub skip_cache_recheck: bool,
+    /// I15: do not clear the cache slot when unlinking a selem.
+    pub skip_cache_clear: bool,
+    /// B8a: the delete path frees with `reuse_now = true`.
+    pub delete_reuse_now: bool,
+    /// B11 / C5: map_free skips `rcu_barrier_tasks_trace()`.
+    pub map_free_skip_tasks_trace_barrier: bool,
+    /// B6: destroy does not uncharge the owner.
+    pub destroy_skips_uncharge: bool,
 }
 
 impl TypeConfig {
@@ -60,12 +78,18 @@ impl TypeConfig {
             storage_size: 176,
             capacity: 4096,
             probes: Probes::new(),
+            mutations: Mutations::default(),
         }
     }
 
     /// A socket-like type: kmalloc.
     pub fn socket_like(cpus: u32) -> Self {
         TypeConfig { name: "sk", allocator: Allocator::Kmalloc, ..Self::task_like(cpus) }
+    }
+
+    /// The same with deliberate bugs.
+    pub fn with_mutations(self, mutations: Mutations) -> Self {
+        TypeConfig { mutations, ..self }
     }
 }
 
@@ -168,6 +192,9 @@ pub struct Smap {
     cache_idx: u16,
     buckets: Box<[Bucket]>,
     selems: Pool<Selem>,
+    /// Set when map_free has finished: a free callback that still runs afterwards would use a
+    /// freed smap in the kernel (I9).
+    freed: untracked::AtomicBool,
 }
 
 impl fmt::Debug for Smap {
@@ -263,6 +290,14 @@ struct Inner {
     cache_idx: CacheIdx,
     maps: Box<[untracked::RwLock<Option<Arc<Smap>>>]>,
     storages: Pool<Storage>,
+    /// Invariant breaches seen on the way (I9, I15): the checker's bookkeeping.
+    problems: untracked::Mutex<Vec<String>>,
+}
+
+impl Inner {
+    fn problem(&self, p: String) {
+        self.problems.lock().unwrap_or_else(|e| e.into_inner()).push(p);
+    }
 }
 
 /// One storage type (task, socket, ...): its maps, its storages, its cache-index allocator.
@@ -299,6 +334,7 @@ impl LocalStorage {
                 violations,
                 account,
                 storages,
+                problems: untracked::Mutex::new(Vec::new()),
             }),
         })
     }
@@ -344,6 +380,7 @@ impl LocalStorage {
                 .map(|_| Bucket { head: AtomicU64::new(0), lock: SpinLock::new(()) })
                 .collect(),
             selems,
+            freed: untracked::AtomicBool::new(false),
         });
         *inner.maps[id as usize].write().unwrap_or_else(|e| e.into_inner()) = Some(smap.clone());
         Ok(smap)
@@ -383,10 +420,16 @@ impl LocalStorage {
     ) -> Option<SelemRef> {
         let _rcu = self.inner.domains.rcu.read_lock(cpu);
         let (_, storage) = self.storage_of(owner)?;
-        self.lookup_in(storage, smap, cacheit)
+        self.lookup_in(cpu, storage, smap, cacheit)
     }
 
-    fn lookup_in(&self, storage: &Storage, smap: &Arc<Smap>, cacheit: bool) -> Option<SelemRef> {
+    fn lookup_in(
+        &self,
+        cpu: u32,
+        storage: &Storage,
+        smap: &Arc<Smap>,
+        cacheit: bool,
+    ) -> Option<SelemRef> {
         let idx = smap.cache_idx as usize;
         // ORDERING: Acquire pairs with the Release store of the cache slot (under S): the
         // selem it names is fully linked.
@@ -418,8 +461,14 @@ impl LocalStorage {
         let (l, h) = found?;
         if cacheit {
             let sel = smap.selems.peek(h)?;
+            let probes = &self.inner.cfg.probes;
+            if probes.is_attached() {
+                probes.hit("lookup_cache_insert", Some(cpu), &[("map", u64::from(smap.id))]);
+            }
             let guard = storage.lock.lock();
-            if sel.storage_linked.load(Ordering::Relaxed) {
+            if self.inner.cfg.mutations.skip_cache_recheck
+                || sel.storage_linked.load(Ordering::Relaxed)
+            {
                 // ORDERING: Release pairs with the Acquire load of the fast path.
                 storage.cache[idx].store(l, Ordering::Release);
             }
@@ -464,7 +513,21 @@ impl LocalStorage {
         let obj = s.h.id();
         match (self.inner.cfg.allocator, reuse_now) {
             (Allocator::BpfMa, true) => s.smap.selems.free_now(cpu, s.h),
-            (_, false) => d.defer(d.sleepable_policy(), obj, bytes, move || {
+            (Allocator::BpfMa, false) => {
+                let inner = self.inner.clone();
+                d.defer(d.sleepable_policy(), obj, bytes, move || {
+                    // The kernel's callback runs bpf_obj_free_fields with smap->map.record:
+                    // map_free's barriers must have waited for it (I9).
+                    if s.smap.freed.load(untracked::Ordering::Relaxed) {
+                        inner.problem(format!(
+                            "I9: a free callback of {} ran after map_free of map {} returned",
+                            s.h, s.smap.id
+                        ));
+                    }
+                    s.smap.selems.raw_free(s.h);
+                })
+            }
+            (Allocator::Kmalloc, false) => d.defer(d.sleepable_policy(), obj, bytes, move || {
                 s.smap.selems.raw_free(s.h);
             }),
             (Allocator::Kmalloc, true) => d.defer(ReclaimPolicy::AfterRcu, obj, bytes, move || {
@@ -475,6 +538,12 @@ impl LocalStorage {
 
     /// `bpf_local_storage_free` (§3.1).
     fn storage_free(&self, cpu: u32, h: Handle, reuse_now: bool, creator_known: bool) {
+        if let Some(st) = self.inner.storages.peek(h)
+            && let Some(slot) = st.cache.iter().position(|c| c.load(Ordering::Relaxed) != 0)
+        {
+            // A recycled storage keeps its cache: every slot must have been cleared (I15).
+            self.inner.problem(format!("I15: storage {h} freed with cache slot {slot} still set"));
+        }
         let d = &self.inner.domains;
         let me = self.inner.clone();
         let bytes = self.inner.cfg.storage_size;
@@ -547,6 +616,7 @@ impl LocalStorage {
         locked: &mut Locked,
         s: &SelemRef,
         free: &mut FreeList,
+        uncharge: bool,
     ) -> bool {
         let sel = s.smap.selems.peek(s.h).expect("linked selem");
         let me = link(s.smap.id, s.h);
@@ -554,9 +624,13 @@ impl LocalStorage {
         let head = storage.list_head.load(Ordering::Relaxed);
         let last = head == me && next == 0;
         if let Some(owner) = &locked.owner {
-            owner.uncharge(s.smap.elem_size);
+            if uncharge {
+                owner.uncharge(s.smap.elem_size);
+            }
             if last {
-                owner.uncharge(self.inner.cfg.storage_size);
+                if uncharge {
+                    owner.uncharge(self.inner.cfg.storage_size);
+                }
                 // After this the owner may go away: the storage no longer points at it.
                 // ORDERING: Release pairs with the Acquire load in `storage_of`; a later
                 // creator's compare-and-swap from 0 follows it in modification order.
@@ -576,7 +650,9 @@ impl LocalStorage {
         sel.storage_linked.store(false, Ordering::Relaxed);
         s.smap.selem_slab().note_unlink(s.h);
         let idx = s.smap.cache_idx as usize;
-        if storage.cache[idx].load(Ordering::Relaxed) == me {
+        if !self.inner.cfg.mutations.skip_cache_clear
+            && storage.cache[idx].load(Ordering::Relaxed) == me
+        {
             // ORDERING: Release pairs with the fast path's Acquire load.
             storage.cache[idx].store(0, Ordering::Release);
         }
@@ -679,7 +755,7 @@ impl LocalStorage {
         let (storage_h, storage) = storage.expect("non-empty storage");
         if flags & BPF_F_LOCK != 0 && flags & !BPF_F_LOCK != BPF_NOEXIST {
             // The in-place fast path: no storage or bucket lock.
-            let old = self.lookup_in(storage, smap, false);
+            let old = self.lookup_in(cpu, storage, smap, false);
             check_flags(old.is_some(), flags)?;
             if let Some(old) = old
                 && let Some(sel) = smap.selems.peek(old.h)
@@ -706,7 +782,7 @@ impl LocalStorage {
                 // A concurrent delete removed the last element: the storage is going away.
                 Err(Errno::EAGAIN)
             } else {
-                let old = self.lookup_in(storage, smap, false);
+                let old = self.lookup_in(cpu, storage, smap, false);
                 match check_flags(old.is_some(), flags) {
                     Err(e) => Err(e),
                     Ok(()) if old.is_some() && flags & BPF_F_LOCK != 0 => {
@@ -727,8 +803,13 @@ impl LocalStorage {
                         unused = None;
                         if let Some(old) = old {
                             self.unlink_map(smap, old.h);
-                            last =
-                                self.unlink_storage_nolock(storage, &mut locked, &old, &mut free);
+                            last = self.unlink_storage_nolock(
+                                storage,
+                                &mut locked,
+                                &old,
+                                &mut free,
+                                true,
+                            );
                         }
                         Ok(new.clone())
                     }
@@ -809,7 +890,7 @@ impl LocalStorage {
         {
             let mut locked = storage.lock.lock();
             if sel.storage_linked.load(Ordering::Relaxed) {
-                last = self.unlink_storage_nolock(storage, &mut locked, s, &mut free);
+                last = self.unlink_storage_nolock(storage, &mut locked, s, &mut free, true);
             }
         }
         for f in free {
@@ -825,7 +906,7 @@ impl LocalStorage {
     pub fn delete(&self, cpu: u32, owner: &dyn Owner, smap: &Arc<Smap>) -> Result<(), Errno> {
         let _rcu = self.inner.domains.rcu.read_lock(cpu);
         let s = self.lookup(cpu, owner, smap, false).ok_or(Errno::ENOENT)?;
-        self.selem_unlink(cpu, &s, false);
+        self.selem_unlink(cpu, &s, self.inner.cfg.mutations.delete_reuse_now);
         Ok(())
     }
 
@@ -845,7 +926,8 @@ impl LocalStorage {
                 let next = m.selems.peek(h).map_or(0, |s| s.snode_next.load(Ordering::Relaxed));
                 self.unlink_map(&m, h);
                 let s = SelemRef { smap: m, h };
-                last = self.unlink_storage_nolock(storage, &mut locked, &s, &mut free);
+                let uncharge = !self.inner.cfg.mutations.destroy_skips_uncharge;
+                last = self.unlink_storage_nolock(storage, &mut locked, &s, &mut free, uncharge);
                 cur = next;
             }
         }
@@ -882,11 +964,14 @@ impl LocalStorage {
         }
         inner.domains.rcu.synchronize();
         if inner.cfg.allocator == Allocator::BpfMa {
-            inner.domains.tasks_trace.barrier();
+            if !inner.cfg.mutations.map_free_skip_tasks_trace_barrier {
+                inner.domains.tasks_trace.barrier();
+            }
             if !inner.domains.trace_implies_rcu() {
                 inner.domains.rcu.barrier();
             }
         }
+        smap.freed.store(true, untracked::Ordering::Relaxed);
         *inner.maps[smap.id as usize].write().unwrap_or_else(|e| e.into_inner()) = None;
         if let Pool::Ma(ma) = &smap.selems {
             let _ = ma.destroy();
@@ -905,5 +990,159 @@ impl LocalStorage {
             Pool::Ma(ma) => ma.destroy().map(|r| r.leaked),
             Pool::Slab(s) => Ok(s.check_leaks("teardown")),
         }
+    }
+}
+
+impl LocalStorage {
+    /// The invariants of §6 that hold at a quiescent point (no operation in flight), checked
+    /// over the maps and `owners` (pass every owner that may hold storage of this type: a
+    /// selem on no given owner's storage is reported); returns every breach found, plus those
+    /// recorded on the way (I9, I15). Empty means clean.
+    ///
+    /// - I4 dual membership: every selem on a bucket is linked to its storage's list and vice
+    ///   versa, in the bucket its handle selects, live in its slab; one selem per map per
+    ///   storage.
+    /// - I5 owner pointer: NULL, or a storage with a non-empty list whose owner is this owner.
+    /// - I6 cache safety: every cache slot names a selem on the storage's own list.
+    /// - I7 charge balance: a charging owner's charge is `storage_size + Σ elem_size`.
+    /// - I13 cache-index accounting: the usage counts sum to the number of live maps.
+    pub fn check_invariants(&self, owners: &[&dyn Owner]) -> Vec<String> {
+        // A quiescent point: nothing runs concurrently, so plain (Relaxed) loads suffice.
+        let inner = &self.inner;
+        let mut out =
+            std::mem::take(&mut *inner.problems.lock().unwrap_or_else(|e| e.into_inner()));
+        let maps: Vec<Arc<Smap>> = inner
+            .maps
+            .iter()
+            .filter_map(|m| m.read().unwrap_or_else(|e| e.into_inner()).clone())
+            .collect();
+        let counted: u64 = inner.cache_idx.counts().iter().sum();
+        if counted != maps.len() as u64 {
+            out.push(format!(
+                "I13: cache_idx counts sum to {counted} with {} live maps",
+                maps.len()
+            ));
+        }
+        // Walk the storages of the owners: the set of (map, selem) links they hold.
+        let mut on_storages = std::collections::HashSet::new();
+        for owner in owners {
+            let Some((sh, st)) = self.storage_of(*owner) else {
+                if owner.charged().is_some_and(|c| c != 0) {
+                    out.push(format!(
+                        "I7: owner {} has no storage but {:?} bytes charged",
+                        owner.id(),
+                        owner.charged()
+                    ));
+                }
+                continue;
+            };
+            let mut links = Vec::new();
+            let mut cur = st.list_head.load(Ordering::Relaxed);
+            while cur != 0 && links.len() <= MAX_MAPS {
+                links.push(cur);
+                let Some((m, h)) = self.resolve_any(cur) else {
+                    out.push(format!("I4: storage {sh} links to an unknown map {}", link_map(cur)));
+                    break;
+                };
+                let Some(sel) = m.selems.peek(h) else { break };
+                if !m.selem_slab().is_live(h) {
+                    out.push(format!(
+                        "I4: storage {sh} links to a freed selem {h} of map {}",
+                        m.id
+                    ));
+                }
+                if !sel.map_linked.load(Ordering::Relaxed)
+                    || !sel.storage_linked.load(Ordering::Relaxed)
+                {
+                    out.push(format!(
+                        "I4: selem {h} of map {} on storage {sh} is not doubly linked",
+                        m.id
+                    ));
+                }
+                if Handle::unpack(0, sel.storage.load(Ordering::Relaxed)) != sh {
+                    out.push(format!("I4: selem {h} on storage {sh} points at another storage"));
+                }
+                cur = sel.snode_next.load(Ordering::Relaxed);
+            }
+            let mut per_map = std::collections::HashMap::new();
+            for l in &links {
+                *per_map.entry(link_map(*l)).or_insert(0u32) += 1;
+                on_storages.insert(*l);
+            }
+            if let Some((m, n)) = per_map.iter().find(|(_, n)| **n > 1) {
+                out.push(format!("I4: storage {sh} holds {n} selems of map {m}"));
+            }
+            if links.is_empty() {
+                out.push(format!(
+                    "I5: owner {} points at storage {sh} with an empty list",
+                    owner.id()
+                ));
+            }
+            let holder = st.lock.lock().owner.as_ref().map(|o| o.id());
+            if holder != Some(owner.id()) {
+                out.push(format!(
+                    "I5: storage {sh} of owner {} names owner {holder:?}",
+                    owner.id()
+                ));
+            }
+            for (i, c) in st.cache.iter().enumerate() {
+                let c = c.load(Ordering::Relaxed);
+                if c != 0 && !links.contains(&c) {
+                    out.push(format!(
+                        "I6: storage {sh} cache slot {i} names a selem not on its list"
+                    ));
+                }
+            }
+            if let Some(charged) = owner.charged() {
+                let want: usize = inner.cfg.storage_size
+                    + links
+                        .iter()
+                        .filter_map(|l| self.smap_by_id(link_map(*l)))
+                        .map(|m| m.elem_size)
+                        .sum::<usize>();
+                if charged != want as u64 {
+                    out.push(format!(
+                        "I7: owner {} charged {charged} bytes, expected {want}",
+                        owner.id()
+                    ));
+                }
+            }
+        }
+        // Walk the buckets: every selem there must be on a storage list (of a given owner, or
+        // at least linked to one).
+        for m in &maps {
+            for (bi, b) in m.buckets.iter().enumerate() {
+                let mut cur = b.head.load(Ordering::Relaxed);
+                let mut n = 0;
+                while cur != 0 && n <= m.selem_slab().stats().capacity {
+                    n += 1;
+                    let h = link_handle(cur);
+                    let Some(sel) = m.selems.peek(h) else { break };
+                    if std::ptr::from_ref(m.bucket(h)) != std::ptr::from_ref(b) {
+                        out.push(format!(
+                            "I4: selem {h} of map {} sits in bucket {bi}, not its own",
+                            m.id
+                        ));
+                    }
+                    if !sel.storage_linked.load(Ordering::Relaxed) {
+                        out.push(format!(
+                            "I4: selem {h} of map {} is in a bucket but on no storage",
+                            m.id
+                        ));
+                    }
+                    if !owners.is_empty()
+                        && sel.storage_linked.load(Ordering::Relaxed)
+                        && !on_storages.contains(&cur)
+                    {
+                        out.push(format!(
+                            "I4: selem {h} of map {} is on no given owner's storage",
+                            m.id
+                        ));
+                    }
+                    cur = sel.map_next.load(Ordering::Relaxed);
+                }
+            }
+        }
+        out
     }
 }

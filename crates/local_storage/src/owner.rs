@@ -28,6 +28,11 @@ pub trait Owner: Send + Sync + 'static {
         let _ = bytes;
     }
 
+    /// Bytes charged now, for owners that charge (the I7 check); `None` otherwise.
+    fn charged(&self) -> Option<u64> {
+        None
+    }
+
     /// Whether the owner's destroy runs after an RCU grace period has passed since the owner
     /// became unreachable (task, cgroup: yes; socket, inode: no). Only such owners may have
     /// their storage reused immediately by the per-CPU cache.
@@ -107,7 +112,7 @@ impl BasicOwner {
     }
 
     /// Bytes charged (0 for an owner without a budget).
-    pub fn charged(&self) -> u64 {
+    pub fn charged_bytes(&self) -> u64 {
         self.optmem.as_ref().map_or(0, Optmem::charged)
     }
 }
@@ -129,6 +134,10 @@ impl Owner for BasicOwner {
         if let Some(o) = &self.optmem {
             o.uncharge(bytes);
         }
+    }
+
+    fn charged(&self) -> Option<u64> {
+        self.optmem.as_ref().map(Optmem::charged)
     }
 
     fn past_rcu_gp_at_destroy(&self) -> bool {

@@ -99,15 +99,15 @@ fn socket_charge_rule_and_balance() {
     let tight = BasicOwner::socket_like(1, 256);
     let o: Arc<dyn Owner> = tight.clone();
     assert_eq!(ls.update(0, &o, &m, None, BPF_ANY, false).unwrap_err(), Errno::ENOMEM);
-    assert_eq!(tight.charged(), 0, "a refused create leaves nothing charged");
+    assert_eq!(tight.charged_bytes(), 0, "a refused create leaves nothing charged");
     let roomy = BasicOwner::socket_like(2, 257);
     let o2: Arc<dyn Owner> = roomy.clone();
     ls.update(0, &o2, &m, None, BPF_ANY, false).unwrap();
-    assert_eq!(roomy.charged(), 256);
+    assert_eq!(roomy.charged_bytes(), 256);
     // A replace charges the new element before uncharging the old: refused near the limit.
     assert_eq!(ls.update(0, &o2, &m, None, BPF_ANY, false).unwrap_err(), Errno::ENOMEM);
     ls.destroy(0, o2.as_ref());
-    assert_eq!(roomy.charged(), 0);
+    assert_eq!(roomy.charged_bytes(), 0);
     ls.map_free(0, m);
     assert_eq!(ls.teardown().unwrap(), 0);
     assert!(v.is_empty(), "{:?}", v.snapshot());
