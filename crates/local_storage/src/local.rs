@@ -1146,3 +1146,52 @@ impl LocalStorage {
         out
     }
 }
+
+impl LocalStorage {
+    /// `bpf_sk_storage_clone` (§2.12): copies every element of `parent` whose map has
+    /// `BPF_F_CLONE` to `child` (a new socket nobody else can see yet), charging the child.
+    /// On error the caller destroys the child, which releases what was cloned.
+    pub fn clone_storage(
+        &self,
+        cpu: u32,
+        parent: &dyn Owner,
+        child: &untracked::Arc<dyn Owner>,
+    ) -> Result<(), Errno> {
+        child.storage_ptr().store(0, Ordering::Relaxed);
+        let _rcu = self.inner.domains.rcu.read_lock(cpu);
+        let Some((_, storage)) = self.storage_of(parent) else { return Ok(()) };
+        // ORDERING: Acquire pairs with the Release head store in `link_storage`.
+        let mut cur = storage.list_head.load(Ordering::Acquire);
+        while cur != 0 {
+            let Some((m, h)) = self.resolve_any(cur) else { break };
+            let Some(sel) = m.selems.peek(h) else { break };
+            // ORDERING: Acquire pairs with the Release store of `snode_next` at insertion.
+            let next = sel.snode_next.load(Ordering::Acquire);
+            if m.attr.map_flags & crate::flags::MapFlags::CLONE.bits() != 0
+                && !m.freed.load(untracked::Ordering::Relaxed)
+            {
+                let value = {
+                    let _g = m.attr.layout.spin_lock.then(|| sel.value_lock.lock());
+                    sel.read_value(m.attr.value_size as usize)
+                };
+                let copy = self.selem_alloc(cpu, child.as_ref(), &m, Some(&value), false)?;
+                match self.storage_of(child.as_ref()) {
+                    Some((ch, cst)) => {
+                        // The child is private: link without its lock.
+                        self.link_map(&m, copy);
+                        self.link_storage(ch, cst, &m, copy);
+                    }
+                    None => {
+                        if let Err(e) = self.storage_alloc(cpu, child, &m, copy, false) {
+                            child.uncharge(m.elem_size);
+                            self.selem_free(cpu, SelemRef { smap: m, h: copy }, true);
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+            cur = next;
+        }
+        Ok(())
+    }
+}
