@@ -536,8 +536,21 @@ impl LocalStorage {
         }
     }
 
-    /// `bpf_local_storage_free` (§3.1).
-    fn storage_free(&self, cpu: u32, h: Handle, reuse_now: bool, creator_known: bool) {
+    /// `bpf_local_storage_free` (§3.1). `reuse_now` with a known creator map reuses the object
+    /// at once in the kernel, because it goes back to the *creator map's* `storage_ma`, which
+    /// nothing allocates from while that map is being freed. Storages here share one pool per
+    /// type (ADR 0002), so immediate reuse is allowed only where no one can hold the storage at
+    /// all: the owner's destroy, and a storage that was never published (`unreachable`).
+    /// Elsewhere (map_free's unlinks) the free goes through an RCU grace period; found by a
+    /// loom model in which an update of another map still held the storage.
+    fn storage_free(
+        &self,
+        cpu: u32,
+        h: Handle,
+        reuse_now: bool,
+        creator_known: bool,
+        unreachable: bool,
+    ) {
         if let Some(st) = self.inner.storages.peek(h)
             && let Some(slot) = st.cache.iter().position(|c| c.load(Ordering::Relaxed) != 0)
         {
@@ -548,7 +561,9 @@ impl LocalStorage {
         let me = self.inner.clone();
         let bytes = self.inner.cfg.storage_size;
         match (self.inner.cfg.allocator, reuse_now) {
-            (Allocator::BpfMa, true) if creator_known => self.inner.storages.free_now(cpu, h),
+            (Allocator::BpfMa, true) if creator_known && unreachable => {
+                self.inner.storages.free_now(cpu, h)
+            }
             (Allocator::BpfMa, true) | (Allocator::Kmalloc, true) => {
                 d.defer(ReclaimPolicy::AfterRcu, h.id(), bytes, move || me.storages.raw_free(h))
             }
@@ -820,7 +835,7 @@ impl LocalStorage {
             self.selem_free(cpu, old, false);
         }
         if last {
-            self.storage_free(cpu, storage_h, false, creator);
+            self.storage_free(cpu, storage_h, false, creator, false);
         }
         if let Some(unused) = unused {
             owner.uncharge(smap.elem_size);
@@ -869,7 +884,7 @@ impl LocalStorage {
         storage.list_head.store(0, Ordering::Relaxed);
         storage.lock.lock().owner = None;
         owner.uncharge(size);
-        self.storage_free(cpu, h, true, true);
+        self.storage_free(cpu, h, true, true, true);
         Err(Errno::EAGAIN)
     }
 
@@ -897,7 +912,7 @@ impl LocalStorage {
             self.selem_free(cpu, f, reuse_now);
         }
         if last {
-            self.storage_free(cpu, storage_h, reuse_now, creator);
+            self.storage_free(cpu, storage_h, reuse_now, creator, false);
         }
     }
 
@@ -935,7 +950,7 @@ impl LocalStorage {
             self.selem_free(cpu, f, true);
         }
         if last {
-            self.storage_free(cpu, storage_h, true, creator);
+            self.storage_free(cpu, storage_h, true, creator, true);
         }
     }
 
@@ -960,6 +975,12 @@ impl LocalStorage {
                 }
                 let s = SelemRef { smap: smap.clone(), h: link_handle(first) };
                 self.selem_unlink(cpu, &s, true);
+                // ORDERING: Acquire, as above.
+                if b.head.load(Ordering::Acquire) == first {
+                    // A concurrent destroy is unlinking it (it holds S and is about to take
+                    // B): wait for it instead of spinning invisibly.
+                    bpfls_sync::spin_wait();
+                }
             }
         }
         inner.domains.rcu.synchronize();
@@ -967,9 +988,10 @@ impl LocalStorage {
             if !inner.cfg.mutations.map_free_skip_tasks_trace_barrier {
                 inner.domains.tasks_trace.barrier();
             }
-            if !inner.domains.trace_implies_rcu() {
-                inner.domains.rcu.barrier();
-            }
+            // The kernel needs this only when Tasks-Trace does not imply RCU; here a free
+            // deferred "after Tasks-Trace" may still wait for the implied RCU grace period
+            // (see `Domains::defer`), so the RCU barrier always follows.
+            inner.domains.rcu.barrier();
         }
         smap.freed.store(true, untracked::Ordering::Relaxed);
         *inner.maps[smap.id as usize].write().unwrap_or_else(|e| e.into_inner()) = None;

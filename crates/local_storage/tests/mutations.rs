@@ -59,8 +59,10 @@ fn cache_publish_race(mutations: Mutations) -> (Vec<String>, Violations) {
     *hook.0.lock().unwrap() = Some(Box::new(move || ls.delete(0, o2.as_ref(), &a2).unwrap()));
     let _ = e.ls.lookup(0, o.as_ref(), &a, true);
     let problems = e.ls.check_invariants(&[o.as_ref()]);
-    // Let the deleted selem's grace period pass, then look it up through the cache.
+    // Let the deleted selem's grace periods pass (Tasks-Trace and the RCU one it implies),
+    // then look it up through the cache.
     e.d.tasks_trace.advance_until_quiet();
+    e.d.rcu.advance_until_quiet();
     {
         let _g = e.d.rcu.read_lock(0);
         if let Some(s) = e.ls.lookup(0, o.as_ref(), &a, true) {

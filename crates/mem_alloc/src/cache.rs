@@ -573,9 +573,9 @@ impl<T: SlabObject> MemAlloc<T> {
             let d = &inner.domains;
             d.rcu.barrier();
             d.tasks_trace.barrier();
-            if !d.trace_implies_rcu() {
-                d.rcu.barrier();
-            }
+            // Needed by the kernel only when Tasks-Trace does not imply RCU; here the implied
+            // RCU grace period may still hold a chained free (`Domains::defer`).
+            d.rcu.barrier();
         }
         report.leaked = inner.classes.iter().map(|cl| cl.slab.check_leaks("mem_destroy")).sum();
         alloc_event!(inner, "destroy", drained = report.drained, leaked = report.leaked);

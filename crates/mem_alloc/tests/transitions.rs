@@ -260,7 +260,9 @@ fn trim_above_high_goes_through_tasks_trace_to_the_slab() {
         assert_eq!(e.outstanding(), out, "nothing reaches the slab before the GP");
         e.check();
 
-        // A normal RCU grace period alone does nothing.
+        // A normal RCU grace period alone does nothing (with `trace_implies_rcu` it is the
+        // one the Tasks-Trace grace period implies, so it must have elapsed too).
+        e.domains.rcu.synchronize();
         assert_eq!(e.domains.rcu.advance_until_quiet(), Step::Idle);
         assert_eq!(e.stats(0).waiting_for_gp_ttrace, 33);
         assert_eq!(e.outstanding(), out);

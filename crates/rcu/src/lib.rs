@@ -458,7 +458,9 @@ pub enum ReclaimPolicy {
     /// After a normal RCU grace period (`call_rcu`, `kfree_rcu`).
     AfterRcu,
     /// After an RCU Tasks-Trace grace period (`call_rcu_tasks_trace`), when that implies a
-    /// normal grace period.
+    /// normal grace period. [`Domains::defer`] honours the implication when the domains are
+    /// built with `trace_implies_rcu`: the free also waits for an RCU grace period if none has
+    /// elapsed since the call.
     AfterTasksTrace,
     /// After a Tasks-Trace grace period and then a normal one: the kernel's chained form for
     /// `rcu_trace_implies_rcu_gp() == false`.
@@ -537,6 +539,26 @@ impl Domains {
                 free()
             }
             ReclaimPolicy::AfterRcu => self.rcu.call_tagged(obj, bytes, free),
+            ReclaimPolicy::AfterTasksTrace if self.trace_implies_rcu => {
+                // `rcu_trace_implies_rcu_gp()`: the kernel frees right after the Tasks-Trace
+                // grace period because that grace period also covers normal RCU readers. Ours
+                // does not wait for them, so the implied RCU grace period is made explicit: a
+                // cookie taken now; if an RCU grace period has elapsed by the time the
+                // Tasks-Trace callback runs (the usual case) the free happens there, as in the
+                // kernel, otherwise it waits for one.
+                let cookie = self.rcu.get_state();
+                let rcu = self.rcu.domain.inner.clone();
+                self.tasks_trace.call_tagged(obj, bytes, move || {
+                    if rcu.poll_state(cookie) {
+                        free();
+                    } else {
+                        rcu_event!(rcu, "chain", obj);
+                        rcu.call(obj, bytes, Box::new(free));
+                    }
+                });
+            }
+            // Without the implication this protects Tasks-Trace readers only; the kernel never
+            // uses it that way (it chains), and the checkers catch a caller that does.
             ReclaimPolicy::AfterTasksTrace => self.tasks_trace.call_tagged(obj, bytes, free),
             ReclaimPolicy::AfterTasksTraceThenRcu => {
                 let rcu = self.rcu.domain.inner.clone();

@@ -363,19 +363,34 @@ fn policy_after_rcu_ignores_trace_readers() {
 }
 
 #[test]
-fn policy_after_tasks_trace_waits_for_trace_readers_only() {
+fn policy_after_tasks_trace_waits_for_trace_readers_and_the_implied_rcu_gp() {
     let d = Domains::new(1, Config::stepped(), true);
     let task = d.tasks_trace.register_task(1);
     let trace = d.tasks_trace.read_lock(&task);
-    let _rcu = d.rcu.read_lock(0);
+    let rcu = d.rcu.read_lock(0);
     let (ran, cb) = flag();
     d.defer(ReclaimPolicy::AfterTasksTrace, 1, 8, cb);
     assert!(matches!(d.tasks_trace.advance_until_quiet(), Step::Blocked { .. }));
-    assert!(!ran.load(SeqCst));
     drop(trace);
-    // trace_implies_rcu: the RCU reader on CPU 0 does not matter.
+    // trace_implies_rcu: the Tasks-Trace grace period implies an RCU one, so the RCU reader
+    // that predates the free holds it too.
     assert_eq!(d.tasks_trace.advance_until_quiet(), Step::Idle);
+    assert!(!ran.load(SeqCst), "freed under a normal RCU reader");
+    assert!(matches!(d.rcu.advance_until_quiet(), Step::Blocked { reader: ReaderId::Cpu(0), .. }));
+    drop(rcu);
+    assert_eq!(d.rcu.advance_until_quiet(), Step::Idle);
     assert!(ran.load(SeqCst));
+}
+
+#[test]
+fn policy_after_tasks_trace_frees_in_the_trace_callback_once_rcu_has_moved_on() {
+    let d = Domains::new(1, Config::stepped(), true);
+    let (ran, cb) = flag();
+    d.defer(ReclaimPolicy::AfterTasksTrace, 1, 8, cb);
+    d.rcu.synchronize();
+    assert_eq!(d.tasks_trace.advance_until_quiet(), Step::Idle);
+    assert!(ran.load(SeqCst), "the implied RCU grace period had already elapsed");
+    assert_eq!(d.rcu.stats().cbs_queued, 0, "nothing was chained");
 }
 
 #[test]
