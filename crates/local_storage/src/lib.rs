@@ -11,6 +11,7 @@
 //! **Architecture invariant:** this crate knows nothing about tasks or sockets: an owner is
 //! anything that implements [`Owner`].
 
+mod checker;
 pub mod errno;
 pub mod flags;
 mod local;
@@ -18,6 +19,7 @@ pub mod map;
 pub mod objects;
 mod owner;
 
+pub use checker::LockDiscipline;
 pub use errno::Errno;
 pub use local::{Allocator, LocalStorage, MAX_MAPS, Mutations, SelemRef, Smap, TypeConfig};
 pub use map::{CacheIdx, MapAttr, ValueLayout, map_alloc_check};

@@ -51,6 +51,12 @@ pub struct TypeConfig {
     pub probes: Probes,
     /// Deliberate bugs, for proving that the checkers catch them.
     pub mutations: Mutations,
+    /// Whether values may carry uptr fields (task storage only).
+    pub uptr_allowed: bool,
+    /// Run the per-CPU caches' refill/trim work right after the operation that raised it, on
+    /// the calling thread (as the kernel's `irq_work` runs on the same CPU when interrupts come
+    /// back on), instead of on a worker thread: deterministic, for stepped runs and tests.
+    pub inline_refill: bool,
 }
 
 /// Re-introduced kernel bugs (bug zoo), each caught by a test.
@@ -66,6 +72,12 @@ pub struct Mutations {
     pub map_free_skip_tasks_trace_barrier: bool,
     /// B6: destroy does not uncharge the owner.
     pub destroy_skips_uncharge: bool,
+    /// C5: map_free skips `rcu_barrier()` (with `trace_implies_rcu = false`).
+    pub map_free_skip_rcu_barrier: bool,
+    /// B7: update allocates its new selem after taking S (the pre-Sep-2023 order).
+    pub alloc_under_lock: bool,
+    /// B1: one bucket when there is one CPU (`bucket_log = 0`, so `hash_ptr` shifts by 64).
+    pub one_bucket: bool,
 }
 
 impl TypeConfig {
@@ -79,23 +91,36 @@ impl TypeConfig {
             capacity: 4096,
             probes: Probes::new(),
             mutations: Mutations::default(),
+            uptr_allowed: true,
+            inline_refill: false,
         }
     }
 
     /// A socket-like type: kmalloc.
     pub fn socket_like(cpus: u32) -> Self {
-        TypeConfig { name: "sk", allocator: Allocator::Kmalloc, ..Self::task_like(cpus) }
+        TypeConfig {
+            name: "sk",
+            allocator: Allocator::Kmalloc,
+            uptr_allowed: false,
+            ..Self::task_like(cpus)
+        }
     }
 
     /// The same with deliberate bugs.
     pub fn with_mutations(self, mutations: Mutations) -> Self {
         TypeConfig { mutations, ..self }
     }
+
+    /// The same with the allocators' work run inline (deterministic).
+    pub fn with_inline_refill(self) -> Self {
+        TypeConfig { inline_refill: true, ..self }
+    }
 }
 
 /// A pool of objects: the per-CPU cache, or the plain slab.
 enum Pool<T: SlabObject> {
-    Ma(MemAlloc<T>),
+    /// The per-CPU cache; `true`: its work runs inline (`TypeConfig::inline_refill`).
+    Ma(MemAlloc<T>, bool),
     Slab(Slab<T>),
 }
 
@@ -114,12 +139,15 @@ impl<T: SlabObject> Pool<T> {
             (cfg.name, cfg.allocator, cfg.cpus, cfg.capacity, &cfg.probes);
         Ok(match allocator {
             Allocator::BpfMa => {
-                let cfg = MemAllocConfig::new(name, cpus, UnitSize::Fixed(unit))
+                let mut cfg = MemAllocConfig::new(name, cpus, UnitSize::Fixed(unit))
                     .with_capacity(capacity)
                     .with_probes(probes.clone());
+                if env.cfg.inline_refill {
+                    cfg = cfg.without_work_thread();
+                }
                 let ma = MemAlloc::new(cfg, domains.clone(), account.clone(), violations.clone())
                     .map_err(|_| Errno::ENOMEM)?;
-                Pool::Ma(ma)
+                Pool::Ma(ma, env.cfg.inline_refill)
             }
             Allocator::Kmalloc => Pool::Slab(Slab::new(
                 name,
@@ -135,15 +163,24 @@ impl<T: SlabObject> Pool<T> {
 
     fn slab(&self) -> &Slab<T> {
         match self {
-            Pool::Ma(m) => m.slab(0),
+            Pool::Ma(m, _) => m.slab(0),
             Pool::Slab(s) => s,
         }
     }
 
     fn alloc(&self, cpu: u32, sleepable: bool, site: &'static str) -> Option<Handle> {
         match self {
-            Pool::Ma(m) if sleepable => m.alloc_sleepable(cpu).ok(),
-            Pool::Ma(m) => m.alloc(cpu).ok(),
+            Pool::Ma(m, inline) => {
+                let mut h = if sleepable { m.alloc_sleepable(cpu).ok() } else { m.alloc(cpu).ok() };
+                if *inline {
+                    m.run_all_work();
+                    if h.is_none() {
+                        h = m.alloc(cpu).ok();
+                        m.run_all_work();
+                    }
+                }
+                h
+            }
             Pool::Slab(s) => s.alloc(site).ok(),
         }
     }
@@ -156,8 +193,11 @@ impl<T: SlabObject> Pool<T> {
     /// `bpf_mem_cache_free`: immediate reuse (bpf_ma only).
     fn free_now(&self, cpu: u32, h: Handle) {
         match self {
-            Pool::Ma(m) => {
+            Pool::Ma(m, inline) => {
                 let _ = m.free(cpu, h);
+                if *inline {
+                    m.run_all_work();
+                }
             }
             Pool::Slab(s) => {
                 let _ = s.free(h, "kfree");
@@ -168,7 +208,7 @@ impl<T: SlabObject> Pool<T> {
     /// `kfree` / `bpf_mem_cache_raw_free`: the caller has waited.
     fn raw_free(&self, h: Handle) {
         match self {
-            Pool::Ma(m) => {
+            Pool::Ma(m, _) => {
                 let _ = m.raw_free(h);
             }
             Pool::Slab(s) => {
@@ -238,10 +278,13 @@ impl Smap {
         self.selems.slab()
     }
 
-    /// `select_bucket` (V-MA: a hash of the selem).
-    fn bucket(&self, h: Handle) -> &Bucket {
-        let x = u64::from(h.slot()).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        &self.buckets[(x >> 40) as usize & (self.buckets.len() - 1)]
+    /// `select_bucket` (V-MA: `hash_ptr(selem, bucket_log)`), or `None` when the arithmetic
+    /// goes out of range (`bucket_log = 0` shifts by 64: bug zoo B1).
+    fn bucket_index(&self, h: Handle) -> Option<usize> {
+        let log = self.buckets.len().trailing_zeros();
+        let x = u64::from(h.slot()).wrapping_mul(0x61c8_8646_80b5_83eb); // GOLDEN_RATIO_64
+        let i = x.checked_shr(64 - log)? as usize;
+        (i < self.buckets.len()).then_some(i)
     }
 }
 
@@ -314,6 +357,51 @@ impl fmt::Debug for LocalStorage {
 /// Selems unlinked under a lock, freed after it (the kernel's `free_node` list).
 type FreeList = Vec<SelemRef>;
 
+/// A held S or B lock that passes the `*_lock_release` probe point once released, so a
+/// lock-discipline checker ([`crate::LockDiscipline`]) can follow what each CPU holds.
+struct Held<'a, T> {
+    guard: Option<bpfls_sync::SpinLockGuard<'a, T>>,
+    probes: &'a Probes,
+    cpu: u32,
+    release: &'static str,
+}
+
+impl<T> std::ops::Deref for Held<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        self.guard.as_ref().expect("held")
+    }
+}
+
+impl<T> std::ops::DerefMut for Held<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.guard.as_mut().expect("held")
+    }
+}
+
+impl<T> Drop for Held<'_, T> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        if self.probes.is_attached() {
+            self.probes.hit(self.release, Some(self.cpu), &[]);
+        }
+    }
+}
+
+/// Takes `lock`, passing `acquire` first (the probe sees the intent, then holds until release).
+fn take<'a, T>(
+    probes: &'a Probes,
+    cpu: u32,
+    lock: &'a SpinLock<T>,
+    acquire: &'static str,
+    release: &'static str,
+) -> Held<'a, T> {
+    if probes.is_attached() {
+        probes.hit(acquire, Some(cpu), &[]);
+    }
+    Held { guard: Some(lock.lock()), probes, cpu, release }
+}
+
 impl LocalStorage {
     /// A storage type over `domains`, reporting violations to `violations`.
     pub fn new(
@@ -360,6 +448,10 @@ impl LocalStorage {
     pub fn map_create(&self, attr: MapAttr) -> Result<Arc<Smap>, Errno> {
         map_alloc_check(&attr)?;
         let inner = &self.inner;
+        if attr.layout.uptrs > 0 && !inner.cfg.uptr_allowed {
+            // map_check_btf: uptr is for task storage only.
+            return Err(Errno::EOPNOTSUPP);
+        }
         let id = (1..MAX_MAPS)
             .find(|&i| inner.maps[i].read().unwrap_or_else(|e| e.into_inner()).is_none())
             .ok_or(Errno::ENOMEM)? as u16;
@@ -376,7 +468,11 @@ impl LocalStorage {
             attr,
             elem_size,
             cache_idx: inner.cache_idx.get(),
-            buckets: (0..nbuckets(inner.cfg.cpus))
+            buckets: (0..if inner.cfg.mutations.one_bucket && inner.cfg.cpus == 1 {
+                1
+            } else {
+                nbuckets(inner.cfg.cpus)
+            })
                 .map(|_| Bucket { head: AtomicU64::new(0), lock: SpinLock::new(()) })
                 .collect(),
             selems,
@@ -384,6 +480,39 @@ impl LocalStorage {
         });
         *inner.maps[id as usize].write().unwrap_or_else(|e| e.into_inner()) = Some(smap.clone());
         Ok(smap)
+    }
+
+    /// The bucket of `h`; an out-of-range selection (B1) is recorded as an I4 breach and falls
+    /// back to bucket 0 (the kernel would touch memory past the array).
+    fn bucket_of<'a>(&self, smap: &'a Smap, h: Handle) -> &'a Bucket {
+        match smap.bucket_index(h) {
+            Some(i) => &smap.buckets[i],
+            None => {
+                self.inner.problem(format!(
+                    "I4/B1: bucket selection for {h} of map {} is out of range ({} bucket(s))",
+                    smap.id,
+                    smap.buckets.len()
+                ));
+                &smap.buckets[0]
+            }
+        }
+    }
+
+    fn lock_s<'a>(&'a self, cpu: u32, st: &'a Storage) -> Held<'a, Locked> {
+        take(&self.inner.cfg.probes, cpu, &st.lock, "storage_lock_acquire", "storage_lock_release")
+    }
+
+    fn lock_b<'a>(&'a self, cpu: u32, b: &'a Bucket) -> Held<'a, ()> {
+        take(&self.inner.cfg.probes, cpu, &b.lock, "bucket_lock_acquire", "bucket_lock_release")
+    }
+
+    /// Passes an allocation or free probe point (`selem_alloc`, `storage_alloc`, `selem_free`,
+    /// `storage_free`): the lock-discipline checker reports one made under S or B.
+    fn probe_mem(&self, site: &'static str, cpu: u32, obj: Handle) {
+        let probes = &self.inner.cfg.probes;
+        if probes.is_attached() {
+            probes.hit(site, Some(cpu), &[("obj", obj.id())]);
+        }
     }
 
     fn smap_by_id(&self, id: u16) -> Option<Arc<Smap>> {
@@ -465,7 +594,7 @@ impl LocalStorage {
             if probes.is_attached() {
                 probes.hit("lookup_cache_insert", Some(cpu), &[("map", u64::from(smap.id))]);
             }
-            let guard = storage.lock.lock();
+            let guard = self.lock_s(cpu, storage);
             if self.inner.cfg.mutations.skip_cache_recheck
                 || sel.storage_linked.load(Ordering::Relaxed)
             {
@@ -493,6 +622,7 @@ impl LocalStorage {
             owner.uncharge(smap.elem_size);
             return Err(Errno::ENOMEM);
         };
+        self.probe_mem("selem_alloc", cpu, h);
         let sel = smap.selems.peek(h).expect("just allocated");
         sel.smap.store(0, Ordering::Relaxed);
         sel.storage.store(0, Ordering::Relaxed);
@@ -508,6 +638,7 @@ impl LocalStorage {
     /// `bpf_selem_free` (§3.1): immediate reuse, `kfree_rcu`, or after a Tasks-Trace grace
     /// period (chained through RCU when it does not imply one).
     fn selem_free(&self, cpu: u32, s: SelemRef, reuse_now: bool) {
+        self.probe_mem("selem_free", cpu, s.h);
         let d = &self.inner.domains;
         let bytes = s.smap.elem_size;
         let obj = s.h.id();
@@ -557,6 +688,7 @@ impl LocalStorage {
             // A recycled storage keeps its cache: every slot must have been cleared (I15).
             self.inner.problem(format!("I15: storage {h} freed with cache slot {slot} still set"));
         }
+        self.probe_mem("storage_free", cpu, h);
         let d = &self.inner.domains;
         let me = self.inner.clone();
         let bytes = self.inner.cfg.storage_size;
@@ -576,10 +708,10 @@ impl LocalStorage {
     // ----- linking ------------------------------------------------------------------------
 
     /// `bpf_selem_link_map`: head insertion under B.
-    fn link_map(&self, smap: &Smap, h: Handle) {
+    fn link_map(&self, cpu: u32, smap: &Smap, h: Handle) {
         let sel = smap.selems.peek(h).expect("live selem");
-        let b = smap.bucket(h);
-        let guard = b.lock.lock();
+        let b = self.bucket_of(smap, h);
+        let guard = self.lock_b(cpu, b);
         sel.smap.store(u32::from(smap.id), Ordering::Relaxed);
         sel.map_next.store(b.head.load(Ordering::Relaxed), Ordering::Relaxed);
         sel.map_linked.store(true, Ordering::Relaxed);
@@ -590,13 +722,13 @@ impl LocalStorage {
     }
 
     /// `bpf_selem_unlink_map`: removal under B if still linked (lockless pre-check first).
-    fn unlink_map(&self, smap: &Smap, h: Handle) {
+    fn unlink_map(&self, cpu: u32, smap: &Smap, h: Handle) {
         let Some(sel) = smap.selems.peek(h) else { return };
         if !sel.map_linked.load(Ordering::Relaxed) {
             return;
         }
-        let b = smap.bucket(h);
-        let guard = b.lock.lock();
+        let b = self.bucket_of(smap, h);
+        let guard = self.lock_b(cpu, b);
         if sel.map_linked.load(Ordering::Relaxed) {
             let me = link(smap.id, h);
             let next = sel.map_next.load(Ordering::Relaxed);
@@ -785,48 +917,59 @@ impl LocalStorage {
             }
         }
         // Allocate (and charge) before taking S: no allocation under a raw spinlock (B7).
-        let new_h = self.selem_alloc(cpu, owner.as_ref(), smap, value, sleepable)?;
-        let new = SelemRef { smap: smap.clone(), h: new_h };
+        let under_lock = self.inner.cfg.mutations.alloc_under_lock;
+        let mut unused = None;
+        if !under_lock {
+            let h = self.selem_alloc(cpu, owner.as_ref(), smap, value, sleepable)?;
+            unused = Some(SelemRef { smap: smap.clone(), h });
+        }
         let mut free = FreeList::new();
-        let mut unused = Some(new.clone());
         let mut last = false;
         let creator = storage.smap.load(Ordering::Relaxed) != 0;
         let result = {
-            let mut locked = storage.lock.lock();
-            if storage.list_head.load(Ordering::Relaxed) == 0 {
+            let mut locked = self.lock_s(cpu, storage);
+            if under_lock
+                && let Ok(h) = self.selem_alloc(cpu, owner.as_ref(), smap, value, sleepable)
+            {
+                unused = Some(SelemRef { smap: smap.clone(), h });
+            }
+            match unused.clone() {
+                None => Err(Errno::ENOMEM),
                 // A concurrent delete removed the last element: the storage is going away.
-                Err(Errno::EAGAIN)
-            } else {
-                let old = self.lookup_in(cpu, storage, smap, false);
-                match check_flags(old.is_some(), flags) {
-                    Err(e) => Err(e),
-                    Ok(()) if old.is_some() && flags & BPF_F_LOCK != 0 => {
-                        let old = old.expect("present");
-                        if let Some(sel) = smap.selems.peek(old.h) {
-                            let guard = sel.value_lock.lock();
-                            if let Some(v) = value {
-                                sel.write_value(v);
+                Some(_) if storage.list_head.load(Ordering::Relaxed) == 0 => Err(Errno::EAGAIN),
+                Some(new) => {
+                    let old = self.lookup_in(cpu, storage, smap, false);
+                    match check_flags(old.is_some(), flags) {
+                        Err(e) => Err(e),
+                        Ok(()) if old.is_some() && flags & BPF_F_LOCK != 0 => {
+                            let old = old.expect("present");
+                            if let Some(sel) = smap.selems.peek(old.h) {
+                                let guard = sel.value_lock.lock();
+                                if let Some(v) = value {
+                                    sel.write_value(v);
+                                }
+                                drop(guard);
                             }
-                            drop(guard);
+                            Ok(old)
                         }
-                        Ok(old)
-                    }
-                    Ok(()) => {
-                        // New into map, new into storage, old out of map, old out of storage.
-                        self.link_map(smap, new_h);
-                        self.link_storage(storage_h, storage, smap, new_h);
-                        unused = None;
-                        if let Some(old) = old {
-                            self.unlink_map(smap, old.h);
-                            last = self.unlink_storage_nolock(
-                                storage,
-                                &mut locked,
-                                &old,
-                                &mut free,
-                                true,
-                            );
+                        Ok(()) => {
+                            // New into map, new into storage, old out of map, old out of
+                            // storage.
+                            self.link_map(cpu, smap, new.h);
+                            self.link_storage(storage_h, storage, smap, new.h);
+                            unused = None;
+                            if let Some(old) = old {
+                                self.unlink_map(cpu, smap, old.h);
+                                last = self.unlink_storage_nolock(
+                                    storage,
+                                    &mut locked,
+                                    &old,
+                                    &mut free,
+                                    true,
+                                );
+                            }
+                            Ok(new)
                         }
-                        Ok(new.clone())
                     }
                 }
             }
@@ -861,12 +1004,13 @@ impl LocalStorage {
             owner.uncharge(size);
             return Err(Errno::ENOMEM);
         };
+        self.probe_mem("storage_alloc", cpu, h);
         let storage = self.inner.storages.peek(h).expect("just allocated");
         storage.list_head.store(0, Ordering::Relaxed);
         storage.smap.store(u32::from(smap.id), Ordering::Relaxed);
         storage.lock.lock().owner = Some(owner.clone());
         self.link_storage(h, storage, smap, first);
-        self.link_map(smap, first);
+        self.link_map(cpu, smap, first);
         // ORDERING: AcqRel: Release publishes the initialised storage to `storage_of`'s
         // Acquire load; Acquire (on failure too) orders us after the winner's publication.
         let won = owner
@@ -877,7 +1021,7 @@ impl LocalStorage {
             return Ok(());
         }
         // Lost the race: undo. The storage was never published: immediate reuse is fine.
-        self.unlink_map(smap, first);
+        self.unlink_map(cpu, smap, first);
         let sel = smap.selems.peek(first).expect("private selem");
         sel.storage_linked.store(false, Ordering::Relaxed);
         smap.selem_slab().note_unlink(first);
@@ -892,7 +1036,7 @@ impl LocalStorage {
     /// unlock with `reuse_now`, and the storage too if this was its last element.
     pub fn selem_unlink(&self, cpu: u32, s: &SelemRef, reuse_now: bool) {
         let _rcu = self.inner.domains.rcu.read_lock(cpu);
-        self.unlink_map(&s.smap, s.h);
+        self.unlink_map(cpu, &s.smap, s.h);
         let Some(sel) = s.smap.selems.peek(s.h) else { return };
         if !sel.storage_linked.load(Ordering::Relaxed) {
             return;
@@ -903,7 +1047,7 @@ impl LocalStorage {
         let mut free = FreeList::new();
         let mut last = false;
         {
-            let mut locked = storage.lock.lock();
+            let mut locked = self.lock_s(cpu, storage);
             if sel.storage_linked.load(Ordering::Relaxed) {
                 last = self.unlink_storage_nolock(storage, &mut locked, s, &mut free, true);
             }
@@ -934,12 +1078,12 @@ impl LocalStorage {
         let mut free = FreeList::new();
         let mut last = false;
         {
-            let mut locked = storage.lock.lock();
+            let mut locked = self.lock_s(cpu, storage);
             let mut cur = storage.list_head.load(Ordering::Relaxed);
             while cur != 0 {
                 let Some((m, h)) = self.resolve_any(cur) else { break };
                 let next = m.selems.peek(h).map_or(0, |s| s.snode_next.load(Ordering::Relaxed));
-                self.unlink_map(&m, h);
+                self.unlink_map(cpu, &m, h);
                 let s = SelemRef { smap: m, h };
                 let uncharge = !self.inner.cfg.mutations.destroy_skips_uncharge;
                 last = self.unlink_storage_nolock(storage, &mut locked, &s, &mut free, uncharge);
@@ -991,11 +1135,13 @@ impl LocalStorage {
             // The kernel needs this only when Tasks-Trace does not imply RCU; here a free
             // deferred "after Tasks-Trace" may still wait for the implied RCU grace period
             // (see `Domains::defer`), so the RCU barrier always follows.
-            inner.domains.rcu.barrier();
+            if !inner.cfg.mutations.map_free_skip_rcu_barrier {
+                inner.domains.rcu.barrier();
+            }
         }
         smap.freed.store(true, untracked::Ordering::Relaxed);
         *inner.maps[smap.id as usize].write().unwrap_or_else(|e| e.into_inner()) = None;
-        if let Pool::Ma(ma) = &smap.selems {
+        if let Pool::Ma(ma, _) = &smap.selems {
             let _ = ma.destroy();
         }
     }
@@ -1009,7 +1155,7 @@ impl LocalStorage {
         d.barrier_all();
         d.rcu.barrier();
         match &self.inner.storages {
-            Pool::Ma(ma) => ma.destroy().map(|r| r.leaked),
+            Pool::Ma(ma, _) => ma.destroy().map(|r| r.leaked),
             Pool::Slab(s) => Ok(s.check_leaks("teardown")),
         }
     }
@@ -1140,7 +1286,7 @@ impl LocalStorage {
                     n += 1;
                     let h = link_handle(cur);
                     let Some(sel) = m.selems.peek(h) else { break };
-                    if std::ptr::from_ref(m.bucket(h)) != std::ptr::from_ref(b) {
+                    if m.bucket_index(h).is_some_and(|i| i != bi) {
                         out.push(format!(
                             "I4: selem {h} of map {} sits in bucket {bi}, not its own",
                             m.id
@@ -1200,7 +1346,7 @@ impl LocalStorage {
                 match self.storage_of(child.as_ref()) {
                     Some((ch, cst)) => {
                         // The child is private: link without its lock.
-                        self.link_map(&m, copy);
+                        self.link_map(cpu, &m, copy);
                         self.link_storage(ch, cst, &m, copy);
                     }
                     None => {

@@ -15,7 +15,9 @@ struct Env {
     v: Violations,
 }
 
+/// Stepped grace periods and inline allocator work: every run is the same run.
 fn env(cfg: TypeConfig) -> Env {
+    let cfg = cfg.with_inline_refill();
     let d = Arc::new(Domains::new(cfg.cpus, Config::stepped(), true));
     let v = Violations::new();
     let ls = Arc::new(LocalStorage::new(cfg, d.clone(), v.clone()).unwrap());
