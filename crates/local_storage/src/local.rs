@@ -78,6 +78,9 @@ pub struct Mutations {
     pub alloc_under_lock: bool,
     /// B1: one bucket when there is one CPU (`bucket_log = 0`, so `hash_ptr` shifts by 64).
     pub one_bucket: bool,
+    /// B11 / I11: the delete path releases special fields (unpins uptrs) before the
+    /// Tasks-Trace grace period instead of in its callback.
+    pub free_fields_early: bool,
 }
 
 impl TypeConfig {
@@ -318,6 +321,22 @@ impl SelemRef {
         self.smap.selems.slab().read(self.h, site, |s| s.read_value(len))
     }
 
+    /// A program dereferences the value's kptr / uptr fields: checked access, and the fields
+    /// must not have been released yet (I11: a uptr page unpinned under a sleepable reader).
+    pub fn use_fields(&self, site: &'static str) -> Result<(), String> {
+        let held = self
+            .smap
+            .selems
+            .slab()
+            .read(self.h, site, |s| s.fields_held.load(untracked::Ordering::Relaxed))
+            .map_err(|v| v.to_string())?;
+        if held {
+            Ok(())
+        } else {
+            Err(format!("I11: special fields of {} used after release", self.h))
+        }
+    }
+
     /// Writes the value through a checked access (a program writing through the pointer the
     /// get helper returned).
     pub fn write(&self, site: &'static str, bytes: &[u8]) -> Result<(), Violation> {
@@ -333,8 +352,11 @@ struct Inner {
     cache_idx: CacheIdx,
     maps: Box<[untracked::RwLock<Option<Arc<Smap>>>]>,
     storages: Pool<Storage>,
-    /// Invariant breaches seen on the way (I9, I15): the checker's bookkeeping.
+    /// Invariant breaches seen on the way (I9, I11, I15): the checker's bookkeeping.
     problems: untracked::Mutex<Vec<String>>,
+    /// Special-field sets acquired (selems of maps with kptrs / uptrs) and released (I11).
+    fields_acquired: untracked::AtomicU64,
+    fields_released: untracked::AtomicU64,
 }
 
 impl Inner {
@@ -423,6 +445,8 @@ impl LocalStorage {
                 account,
                 storages,
                 problems: untracked::Mutex::new(Vec::new()),
+                fields_acquired: untracked::AtomicU64::new(0),
+                fields_released: untracked::AtomicU64::new(0),
             }),
         })
     }
@@ -632,6 +656,11 @@ impl LocalStorage {
             Some(v) => sel.write_value(v),
             None => sel.zero_value(),
         }
+        let layout = smap.attr.layout;
+        if layout.kptrs > 0 || layout.uptrs > 0 {
+            sel.fields_held.store(true, untracked::Ordering::Relaxed);
+            self.inner.fields_acquired.fetch_add(1, untracked::Ordering::Relaxed);
+        }
         Ok(h)
     }
 
@@ -642,11 +671,22 @@ impl LocalStorage {
         let d = &self.inner.domains;
         let bytes = s.smap.elem_size;
         let obj = s.h.id();
+        // `bpf_obj_free_fields`: at once, except on the bpf_ma delete path, where a sleepable
+        // program may still use a uptr page: there it runs in the Tasks-Trace callback (B11).
+        let early = reuse_now
+            || self.inner.cfg.allocator == Allocator::Kmalloc
+            || self.inner.cfg.mutations.free_fields_early;
+        if early {
+            free_fields(&self.inner, &s);
+        }
         match (self.inner.cfg.allocator, reuse_now) {
             (Allocator::BpfMa, true) => s.smap.selems.free_now(cpu, s.h),
             (Allocator::BpfMa, false) => {
                 let inner = self.inner.clone();
                 d.defer(d.sleepable_policy(), obj, bytes, move || {
+                    if !early {
+                        free_fields(&inner, &s);
+                    }
                     // The kernel's callback runs bpf_obj_free_fields with smap->map.record:
                     // map_free's barriers must have waited for it (I9).
                     if s.smap.freed.load(untracked::Ordering::Relaxed) {
@@ -844,6 +884,20 @@ fn unlink_from(head: &AtomicU64, me: u64, next: u64, with_next: &WithNext<'_>) {
             return;
         }
         cur = following;
+    }
+}
+
+/// `bpf_obj_free_fields`: releases the selem's special fields, exactly once (I11).
+fn free_fields(inner: &Inner, s: &SelemRef) {
+    let layout = s.smap.attr.layout;
+    if layout.kptrs == 0 && layout.uptrs == 0 {
+        return;
+    }
+    let Some(sel) = s.smap.selems.peek(s.h) else { return };
+    if sel.fields_held.swap(false, untracked::Ordering::Relaxed) {
+        inner.fields_released.fetch_add(1, untracked::Ordering::Relaxed);
+    } else {
+        inner.problem(format!("I11: special fields of {} released twice", s.h));
     }
 }
 
@@ -1154,6 +1208,13 @@ impl LocalStorage {
         d.rcu.barrier();
         d.barrier_all();
         d.rcu.barrier();
+        let acquired = self.inner.fields_acquired.load(untracked::Ordering::Relaxed);
+        let released = self.inner.fields_released.load(untracked::Ordering::Relaxed);
+        if acquired != released {
+            self.inner.problem(format!(
+                "I11: {acquired} special-field sets acquired, {released} released at teardown"
+            ));
+        }
         match &self.inner.storages {
             Pool::Ma(ma, _) => ma.destroy().map(|r| r.leaked),
             Pool::Slab(s) => Ok(s.check_leaks("teardown")),

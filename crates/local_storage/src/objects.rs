@@ -46,6 +46,9 @@ pub struct Selem {
     pub(crate) value_lock: SpinLock<()>,
     /// `sdata.data`, as 64-bit words.
     pub(crate) value: Box<[AtomicU64]>,
+    /// Whether the value's special fields (kptrs, uptrs) hold references that
+    /// `bpf_obj_free_fields` has not released yet (I11 bookkeeping, untracked).
+    pub(crate) fields_held: untracked::AtomicBool,
 }
 
 impl fmt::Debug for Selem {
@@ -70,6 +73,7 @@ impl SlabObject for Selem {
             map_linked: AtomicBool::new(false),
             value_lock: SpinLock::new(()),
             value: (0..value_bytes.div_ceil(8)).map(|_| AtomicU64::new(0)).collect(),
+            fields_held: untracked::AtomicBool::new(false),
         }
     }
 

@@ -213,3 +213,43 @@ fn mutation_destroy_without_uncharge_is_caught() {
     let problems = socket_destroy(Mutations { destroy_skips_uncharge: true, ..Default::default() });
     assert!(problems.iter().any(|p| p.starts_with("I7:")), "{problems:?}");
 }
+
+/// I11 / B11: special fields are released exactly once, and on the delete path only after the
+/// Tasks-Trace grace period (a sleepable program may still use a uptr page).
+fn fields_under_sleepable_reader(mutations: Mutations) -> (Result<(), String>, Vec<String>) {
+    let e = env(TypeConfig::task_like(1).with_mutations(mutations));
+    let layout = bpfls_local_storage::ValueLayout { kptrs: 1, uptrs: 1, ..Default::default() };
+    let a = e.ls.map_create(MapAttr::new(16).with_layout(layout)).unwrap();
+    let (o1, o2) = (owner(1), owner(2));
+    e.ls.update(0, &o1, &a, None, BPF_ANY, false).unwrap();
+    e.ls.update(0, &o2, &a, None, BPF_ANY, false).unwrap();
+    let task = e.d.tasks_trace.register_task(100);
+    let section = e.d.tasks_trace.read_lock(&task);
+    let held = e.ls.lookup(0, o1.as_ref(), &a, false).unwrap();
+    e.ls.delete(0, o1.as_ref(), &a).unwrap();
+    let used = held.use_fields("sleepable program after delete");
+    drop(section);
+    e.ls.destroy(0, o1.as_ref());
+    e.ls.destroy(0, o2.as_ref());
+    e.ls.map_free(0, a);
+    assert_eq!(e.ls.teardown().unwrap(), 0);
+    (used, e.ls.check_invariants(&[]))
+}
+
+#[test]
+fn special_fields_are_released_once_and_after_the_grace_period() {
+    let (used, problems) = fields_under_sleepable_reader(Mutations::default());
+    assert_eq!(used, Ok(()));
+    assert!(problems.is_empty(), "{problems:?}");
+}
+
+#[test]
+fn mutation_releasing_special_fields_before_the_grace_period_is_caught() {
+    let (used, _) =
+        fields_under_sleepable_reader(Mutations { free_fields_early: true, ..Default::default() });
+    let err = used.unwrap_err();
+    assert!(
+        err.starts_with("I11: special fields of") && err.ends_with("used after release"),
+        "{err}"
+    );
+}
