@@ -89,3 +89,79 @@ fn every_failed_allocation_returns_enomem_and_changes_nothing() {
     }
     assert!(failures >= 5, "the injected failures must hit the operations ({failures})");
 }
+
+/// An owner whose `nth` charge is refused (C9's "owner mem-charge" site).
+struct FailingCharge {
+    inner: Arc<BasicOwner>,
+    nth: u64,
+    calls: std::sync::atomic::AtomicU64,
+}
+
+impl Owner for FailingCharge {
+    fn id(&self) -> u64 {
+        self.inner.id()
+    }
+    fn storage_ptr(&self) -> &bpfls_sync::atomic::AtomicU64 {
+        self.inner.storage_ptr()
+    }
+    fn charge(&self, bytes: usize) -> Result<(), Errno> {
+        let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if n == self.nth { Err(Errno::ENOMEM) } else { self.inner.charge(bytes) }
+    }
+    fn uncharge(&self, bytes: usize) {
+        self.inner.uncharge(bytes)
+    }
+    fn charged(&self) -> Option<u64> {
+        self.inner.charged()
+    }
+    fn past_rcu_gp_at_destroy(&self) -> bool {
+        false
+    }
+}
+
+#[test]
+fn every_refused_charge_returns_enomem_and_changes_nothing() {
+    use bpfls_local_storage::flags::{BPF_EXIST, BPF_NOEXIST};
+    let mut failures = 0;
+    for k in 1..=8 {
+        for cfg in [TypeConfig::socket_like(1), TypeConfig::task_like(1).with_inline_refill()] {
+            let (ls, _d, v) = env(cfg);
+            let (a, b) =
+                (ls.map_create(MapAttr::new(8)).unwrap(), ls.map_create(MapAttr::new(8)).unwrap());
+            let base = BasicOwner::socket_like(1, 1 << 20);
+            let fo =
+                Arc::new(FailingCharge { inner: base.clone(), nth: k, calls: Default::default() });
+            let o: Arc<dyn Owner> = fo.clone();
+            // Charges: create a (elem, storage), replace a (elem), create b (elem), exist b (elem).
+            let ops: [(&Arc<bpfls_local_storage::Smap>, u64); 4] =
+                [(&a, BPF_NOEXIST), (&a, BPF_ANY), (&b, BPF_NOEXIST), (&b, BPF_EXIST)];
+            for (m, flags) in ops {
+                let before = state(&ls, o.as_ref(), &[&a, &b]);
+                let charged = base.charged_bytes();
+                let calls = fo.calls.load(std::sync::atomic::Ordering::Relaxed);
+                let r = ls.update(0, &o, m, Some(&[k as u8; 8]), flags, false);
+                let refused = calls < k && fo.calls.load(std::sync::atomic::Ordering::Relaxed) >= k;
+                match r {
+                    Err(e) if refused => {
+                        failures += 1;
+                        assert_eq!(e, Errno::ENOMEM, "k = {k}");
+                        assert_eq!(state(&ls, o.as_ref(), &[&a, &b]), before, "k = {k}");
+                        assert_eq!(base.charged_bytes(), charged, "k = {k}");
+                    }
+                    // An earlier refusal left `b` uncreated: BPF_EXIST finds nothing.
+                    Err(e) => assert_eq!((e, flags), (Errno::ENOENT, BPF_EXIST), "k = {k}"),
+                    Ok(_) => assert!(!refused, "k = {k}: a refused charge must fail the update"),
+                }
+                assert!(ls.check_invariants(&[o.as_ref()]).is_empty(), "k = {k}");
+            }
+            ls.delete(0, o.as_ref(), &a).ok();
+            ls.destroy(0, o.as_ref());
+            ls.map_free(0, a);
+            ls.map_free(0, b);
+            assert_eq!(ls.teardown().unwrap(), 0);
+            assert!(v.is_empty(), "k = {k}: {:?}", v.snapshot());
+            assert_eq!(base.charged_bytes(), 0, "k = {k}");
+        }
+    }
+    assert!(failures >= 8, "refused charges must hit the operations ({failures})");
+}
