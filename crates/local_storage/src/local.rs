@@ -752,11 +752,19 @@ impl LocalStorage {
         let sel = smap.selems.peek(h).expect("live selem");
         let b = self.bucket_of(smap, h);
         let guard = self.lock_b(cpu, b);
+        let me = link(smap.id, h);
+        let head = b.head.load(Ordering::Relaxed);
         sel.smap.store(u32::from(smap.id), Ordering::Relaxed);
-        sel.map_next.store(b.head.load(Ordering::Relaxed), Ordering::Relaxed);
+        sel.map_next.store(head, Ordering::Relaxed);
+        sel.map_prev.store(0, Ordering::Relaxed);
         sel.map_linked.store(true, Ordering::Relaxed);
+        if head != 0
+            && let Some(first) = smap.selems.peek(link_handle(head))
+        {
+            first.map_prev.store(me, Ordering::Relaxed);
+        }
         // ORDERING: Release publishes the initialised selem to bucket walkers (map_free).
-        b.head.store(link(smap.id, h), Ordering::Release);
+        b.head.store(me, Ordering::Release);
         smap.selem_slab().note_link(h);
         drop(guard);
     }
@@ -770,13 +778,25 @@ impl LocalStorage {
         let b = self.bucket_of(smap, h);
         let guard = self.lock_b(cpu, b);
         if sel.map_linked.load(Ordering::Relaxed) {
-            let me = link(smap.id, h);
+            // O(1) through `map_prev` (the kernel's `pprev`); our own `map_next` stays intact
+            // so a walker standing on us goes on (`hlist_del_init_rcu`).
             let next = sel.map_next.load(Ordering::Relaxed);
-            unlink_from(&b.head, me, next, &|l, f| {
-                if let Some(s) = smap.selems.peek(link_handle(l)) {
-                    f(&s.map_next);
-                }
-            });
+            let prev = sel.map_prev.load(Ordering::Relaxed);
+            let prev_next = if prev == 0 {
+                Some(&b.head)
+            } else {
+                smap.selems.peek(link_handle(prev)).map(|p| &p.map_next)
+            };
+            if let Some(field) = prev_next {
+                // ORDERING: Release: a walker that reads the new link sees the successor
+                // initialised (it was published with Release when inserted).
+                field.store(next, Ordering::Release);
+            }
+            if next != 0
+                && let Some(n) = smap.selems.peek(link_handle(next))
+            {
+                n.map_prev.store(prev, Ordering::Relaxed);
+            }
             sel.map_linked.store(false, Ordering::Relaxed);
             smap.selem_slab().note_unlink(h);
         }
@@ -1342,11 +1362,16 @@ impl LocalStorage {
         for m in &maps {
             for (bi, b) in m.buckets.iter().enumerate() {
                 let mut cur = b.head.load(Ordering::Relaxed);
+                let mut prev = 0;
                 let mut n = 0;
                 while cur != 0 && n <= m.selem_slab().stats().capacity {
                     n += 1;
                     let h = link_handle(cur);
                     let Some(sel) = m.selems.peek(h) else { break };
+                    if sel.map_prev.load(Ordering::Relaxed) != prev {
+                        out.push(format!("I4: selem {h} of map {} has a stale back link", m.id));
+                    }
+                    prev = cur;
                     if m.bucket_index(h).is_some_and(|i| i != bi) {
                         out.push(format!(
                             "I4: selem {h} of map {} sits in bucket {bi}, not its own",

@@ -38,6 +38,10 @@ pub struct Selem {
     pub(crate) snode_next: AtomicU64,
     /// `map_node`: next selem link on the bucket list.
     pub(crate) map_next: AtomicU64,
+    /// `map_node.pprev`: the previous selem's link on the bucket list, 0 for the bucket head.
+    /// Only touched under the bucket lock (walkers follow `map_next` alone), it makes the
+    /// unlink O(1) as the kernel's hlist is.
+    pub(crate) map_prev: AtomicU64,
     /// `!hlist_unhashed(&selem->snode)`.
     pub(crate) storage_linked: AtomicBool,
     /// `!hlist_unhashed(&selem->map_node)`.
@@ -69,6 +73,7 @@ impl SlabObject for Selem {
             storage: AtomicU64::new(0),
             snode_next: AtomicU64::new(0),
             map_next: AtomicU64::new(0),
+            map_prev: AtomicU64::new(0),
             storage_linked: AtomicBool::new(false),
             map_linked: AtomicBool::new(false),
             value_lock: SpinLock::new(()),
