@@ -601,7 +601,11 @@ impl LocalStorage {
         // ORDERING: Acquire pairs with the Release store of the list head in `link_storage`.
         let mut cur = storage.list_head.load(Ordering::Acquire);
         let mut found = None;
-        while cur != 0 {
+        // A storage holds at most one selem per map: a longer walk means a broken list (a
+        // reclamation bug upstream), which the checkers report; do not loop on it.
+        let mut steps = 0;
+        while cur != 0 && steps <= MAX_MAPS {
+            steps += 1;
             let Some((m, h)) = self.resolve(smap, cur) else { break };
             let Some(sel) = m.selems.peek(h) else { break };
             if m.id == smap.id && sel.smap.load(Ordering::Relaxed) == u32::from(smap.id) {
