@@ -1420,7 +1420,9 @@ impl LocalStorage {
         let Some((_, storage)) = self.storage_of(parent) else { return Ok(()) };
         // ORDERING: Acquire pairs with the Release head store in `link_storage`.
         let mut cur = storage.list_head.load(Ordering::Acquire);
-        while cur != 0 {
+        let mut steps = 0;
+        while cur != 0 && steps <= MAX_MAPS {
+            steps += 1;
             let Some((m, h)) = self.resolve_any(cur) else { break };
             let Some(sel) = m.selems.peek(h) else { break };
             // ORDERING: Acquire pairs with the Release store of `snode_next` at insertion.
