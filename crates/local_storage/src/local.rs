@@ -20,8 +20,9 @@ use bpfls_sync::probe::Probes;
 use bpfls_sync::{Arc, SpinLock, untracked};
 use std::fmt;
 
-/// Most live maps per storage type (map ids are 16-bit in list links; ids are reused).
-pub const MAX_MAPS: usize = 4096;
+/// Map ids per storage type: 16-bit in list links, never reused, so a storage type can create
+/// at most `MAX_MAPS - 1` maps over its life.
+pub const MAX_MAPS: usize = 1 << 16;
 
 /// Where a storage type's objects come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -350,7 +351,11 @@ struct Inner {
     violations: Violations,
     account: Account,
     cache_idx: CacheIdx,
-    maps: Box<[untracked::RwLock<Option<Arc<Smap>>>]>,
+    /// The map table: id → map, written once at creation and never cleared (ids are not
+    /// reused), so list walkers read it with two loads, no lock and no reference count.
+    /// Two levels of 256, the second allocated on first use.
+    maps: Box<[MapChunk]>,
+    next_map_id: untracked::AtomicUsize,
     storages: Pool<Storage>,
     /// Invariant breaches seen on the way (I9, I11, I15): the checker's bookkeeping.
     problems: untracked::Mutex<Vec<String>>,
@@ -375,6 +380,9 @@ impl fmt::Debug for LocalStorage {
         f.debug_struct("LocalStorage").field("type", &self.inner.cfg.name).finish_non_exhaustive()
     }
 }
+
+/// 256 entries of the map table, allocated on first use.
+type MapChunk = untracked::OnceLock<Box<[untracked::OnceLock<Arc<Smap>>]>>;
 
 /// Selems unlinked under a lock, freed after it (the kernel's `free_node` list).
 type FreeList = Vec<SelemRef>;
@@ -437,7 +445,8 @@ impl LocalStorage {
         let storages = Pool::new(&env, cfg.storage_size)?;
         Ok(LocalStorage {
             inner: Arc::new(Inner {
-                maps: (0..MAX_MAPS).map(|_| untracked::RwLock::new(None)).collect(),
+                maps: (0..MAX_MAPS / 256).map(|_| untracked::OnceLock::new()).collect(),
+                next_map_id: untracked::AtomicUsize::new(1),
                 cache_idx: CacheIdx::new(),
                 cfg,
                 domains,
@@ -476,9 +485,11 @@ impl LocalStorage {
             // map_check_btf: uptr is for task storage only.
             return Err(Errno::EOPNOTSUPP);
         }
-        let id = (1..MAX_MAPS)
-            .find(|&i| inner.maps[i].read().unwrap_or_else(|e| e.into_inner()).is_none())
-            .ok_or(Errno::ENOMEM)? as u16;
+        let id = inner.next_map_id.fetch_add(1, untracked::Ordering::Relaxed);
+        if id >= MAX_MAPS {
+            return Err(Errno::ENOMEM);
+        }
+        let id = id as u16;
         let elem_size = SELEM_HDR + attr.value_size as usize;
         let env = PoolEnv {
             cfg: &inner.cfg,
@@ -502,7 +513,9 @@ impl LocalStorage {
             selems,
             freed: untracked::AtomicBool::new(false),
         });
-        *inner.maps[id as usize].write().unwrap_or_else(|e| e.into_inner()) = Some(smap.clone());
+        let chunk = inner.maps[id as usize / 256]
+            .get_or_init(|| (0..256).map(|_| untracked::OnceLock::new()).collect());
+        let _ = chunk[id as usize % 256].set(smap.clone());
         Ok(smap)
     }
 
@@ -539,8 +552,12 @@ impl LocalStorage {
         }
     }
 
+    fn map_ref(&self, id: u16) -> Option<&Arc<Smap>> {
+        self.inner.maps.get(id as usize / 256)?.get()?[id as usize % 256].get()
+    }
+
     fn smap_by_id(&self, id: u16) -> Option<Arc<Smap>> {
-        self.inner.maps.get(id as usize)?.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.map_ref(id).cloned()
     }
 
     fn storage_of(&self, owner: &dyn Owner) -> Option<(Handle, &Storage)> {
@@ -554,10 +571,10 @@ impl LocalStorage {
         self.inner.storages.peek(h).map(|s| (h, s))
     }
 
-    /// Resolves a selem link (for the walker: type-stable, unchecked).
-    fn resolve(&self, smap: &Arc<Smap>, l: u64) -> Option<(Arc<Smap>, Handle)> {
+    /// Resolves a selem link (for the walker: type-stable, unchecked; no lock, no count).
+    fn resolve<'a>(&'a self, smap: &'a Arc<Smap>, l: u64) -> Option<(&'a Arc<Smap>, Handle)> {
         let map = link_map(l);
-        let owner_map = if map == smap.id { smap.clone() } else { self.smap_by_id(map)? };
+        let owner_map = if map == smap.id { smap } else { self.map_ref(map)? };
         Some((owner_map, link_handle(l)))
     }
 
@@ -1218,7 +1235,6 @@ impl LocalStorage {
             }
         }
         smap.freed.store(true, untracked::Ordering::Relaxed);
-        *inner.maps[smap.id as usize].write().unwrap_or_else(|e| e.into_inner()) = None;
         if let Pool::Ma(ma, _) = &smap.selems {
             let _ = ma.destroy();
         }
@@ -1267,7 +1283,10 @@ impl LocalStorage {
         let maps: Vec<Arc<Smap>> = inner
             .maps
             .iter()
-            .filter_map(|m| m.read().unwrap_or_else(|e| e.into_inner()).clone())
+            .filter_map(|chunk| chunk.get())
+            .flat_map(|chunk| chunk.iter().filter_map(|m| m.get()))
+            .filter(|m| !m.freed.load(untracked::Ordering::Relaxed))
+            .cloned()
             .collect();
         let counted: u64 = inner.cache_idx.counts().iter().sum();
         if counted != maps.len() as u64 {

@@ -258,7 +258,9 @@ fn map_attr(map: usize) -> MapAttr {
 impl Sut {
     fn new(kind: Kind, trace_implies_rcu: bool, optmem: u64) -> Self {
         let cfg = match kind {
-            Kind::Task => TypeConfig::task_like(CPUS),
+            // Inline allocator work: with a refill thread, an allocation may find the per-CPU
+            // list empty (a transient -ENOMEM the sequential model does not predict).
+            Kind::Task => TypeConfig::task_like(CPUS).with_inline_refill(),
             Kind::Socket => TypeConfig::socket_like(CPUS),
         };
         let cfg = TypeConfig { capacity: 1024, ..cfg };
