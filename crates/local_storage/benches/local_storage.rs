@@ -3,14 +3,14 @@
 //!
 //! # Method
 //!
-//! The same as `crates/rcu/benches/rcu.rs` and `crates/mem_alloc/benches/mem_alloc.rs`
-//! (copied, not shared): the project's machine is a shared 2-vCPU VM whose speed drifts by tens
-//! of percent, so every figure pairs a *subject* with a *control* measured in the same rounds.
-//! Where one control serves many subjects (the get sweep), every subject and control of the
-//! group is measured once per round, in an order rotated by one each round; each measurement
-//! is sized to a target time by a calibration run (which is also the untimed warm-up). Tables
-//! print the median subject time, the median control time, the median of the per-round
-//! ratios and its spread (min–max).
+//! The one of `crates/rcu/benches/rcu.rs` and `crates/mem_alloc/benches/mem_alloc.rs` (the harness
+//! is shared: `bpfls_testkit::bench`): the project's machine is a shared 2-vCPU VM whose speed
+//! drifts by tens of percent, so every figure pairs a *subject* with a *control* measured in the
+//! same rounds. Where one control serves many subjects (the get sweep), every subject and control
+//! of the group is measured once per round, in an order rotated by one each round; each measurement
+//! is sized to a target time by a calibration run (which is also the untimed warm-up). Tables print
+//! the median subject time, the median control time, the median of the per-round ratios and its
+//! spread (min–max).
 //!
 //! 1. **get with N maps** (`local-storage-cache-seq-get` / `-int-get` /
 //!    `-hashmap-control`, `benchs/bench_local_storage.c`): one task-like type, maps created in
@@ -45,14 +45,13 @@ use bpfls_local_storage::flags::BPF_NOEXIST;
 use bpfls_local_storage::{BasicOwner, Errno, LocalStorage, MapAttr, Owner, Smap, TypeConfig};
 use bpfls_mem_alloc::Violations;
 use bpfls_rcu::{Config, Domains};
+use bpfls_testkit::bench::*;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::hint::black_box;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Measured rounds per figure.
-const ROUNDS: usize = 7;
 /// A phase running longer than this is taken for an engine hang.
 const WATCHDOG: Duration = Duration::from_secs(60);
 /// A create that keeps failing with `-ENOMEM` for this long is an engine error.
@@ -86,7 +85,7 @@ struct Settings {
 
 impl Settings {
     fn from_args() -> Self {
-        let quick = std::env::args().skip(1).any(|a| a == "--quick");
+        let quick = quick();
         if quick {
             Settings {
                 quick,
@@ -116,19 +115,6 @@ impl Settings {
 }
 
 // ----- measurement (the method of the RCU bench, generalised to groups) --------------------
-
-/// Per-round times (ns per operation) of a subject and its control.
-#[derive(Debug, Default, Clone)]
-struct Rounds {
-    subject: Vec<f64>,
-    control: Vec<f64>,
-}
-
-impl Rounds {
-    fn ratios(&self) -> Vec<f64> {
-        self.subject.iter().zip(&self.control).map(|(s, c)| s / c).collect()
-    }
-}
 
 /// One measured workload: `run(units)` performs `units` units of work and returns the elapsed
 /// ns and the operations done.
@@ -185,40 +171,6 @@ fn pair(series: &[Vec<f64>], subject: usize, control: usize) -> Rounds {
     Rounds { subject: series[subject].clone(), control: series[control].clone() }
 }
 
-fn ns(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e9
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-fn min_max(values: &[f64]) -> (f64, f64) {
-    let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    (lo, hi)
-}
-
-/// A duration in ns, printed with a readable unit.
-fn human(ns: f64) -> String {
-    if ns >= 1e6 {
-        format!("{:.2} ms", ns / 1e6)
-    } else if ns >= 1e3 {
-        format!("{:.2} µs", ns / 1e3)
-    } else {
-        format!("{ns:.2} ns")
-    }
-}
-
 /// Bytes, printed with a readable unit.
 fn bytes(b: f64) -> String {
     if b >= 1024.0 * 1024.0 {
@@ -247,127 +199,18 @@ fn rss() -> Option<u64> {
     Some(pages * 4096)
 }
 
-// ----- watchdog ---------------------------------------------------------------------------
-
-/// The phase in progress and when it began; a watchdog thread exits the process when one
-/// runs past [`WATCHDOG`].
-static PHASE: Mutex<Option<(&'static str, Instant)>> = Mutex::new(None);
-
-fn phase(name: &'static str) {
-    *PHASE.lock().unwrap_or_else(|e| e.into_inner()) = Some((name, Instant::now()));
-}
-
-fn start_watchdog() {
-    std::thread::spawn(|| {
-        loop {
-            std::thread::sleep(Duration::from_millis(500));
-            let current = *PHASE.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((name, since)) = current
-                && since.elapsed() > WATCHDOG
-            {
-                eprintln!(
-                    "bpfls-local-storage bench: ENGINE HANG? phase `{name}` has run for {:.0} s \
-                     (limit {} s); aborting",
-                    since.elapsed().as_secs_f64(),
-                    WATCHDOG.as_secs()
-                );
-                std::process::exit(3);
-            }
-        }
-    });
-}
-
 // ----- tables -----------------------------------------------------------------------------
 
-/// A goal on a ratio.
-#[derive(Debug, Clone, Copy)]
-enum Goal {
-    AtMost(f64),
-    AtLeast(f64),
-}
-
-impl Goal {
-    fn met(self, ratio: f64) -> bool {
-        match self {
-            Goal::AtMost(g) => ratio <= g,
-            Goal::AtLeast(g) => ratio >= g,
-        }
-    }
-
-    fn show(self) -> String {
-        match self {
-            Goal::AtMost(g) => format!("≤{g:.2}"),
-            Goal::AtLeast(g) => format!("≥{g:.2}"),
-        }
-    }
-}
-
-/// One line of a table.
-struct Row {
-    name: String,
-    control: String,
-    rounds: Rounds,
-    goal: Option<Goal>,
-    /// The kernel's ratio for the same pair, where one is published.
-    kernel: Option<f64>,
-}
-
-impl Row {
-    fn new(name: impl Into<String>, control: impl Into<String>, rounds: Rounds) -> Self {
-        Row { name: name.into(), control: control.into(), rounds, goal: None, kernel: None }
-    }
-
-    fn goal(self, goal: Goal) -> Self {
-        Row { goal: Some(goal), ..self }
-    }
-
-    fn kernel(self, kernel: f64) -> Self {
-        Row { kernel: Some(kernel), ..self }
-    }
-
-    fn ratio(&self) -> f64 {
-        median(&self.rounds.ratios())
-    }
-}
-
-fn print_table(title: &str, rows: &[Row]) {
-    println!("\n## {title}\n");
-    println!(
-        "{:<34} {:>11}  {:<30} {:>11}  {:>9}  {:>17}  {:>6}  {:>7}",
-        "subject", "median", "control", "median", "ratio", "ratio min–max", "goal", "kernel"
-    );
-    println!("{}", "-".repeat(138));
-    for row in rows {
-        let (lo, hi) = min_max(&row.rounds.ratios());
-        println!(
-            "{:<34} {:>11}  {:<30} {:>11}  {:>8.3}×  {:>17}  {:>6}  {:>7}",
-            row.name,
-            human(median(&row.rounds.subject)),
-            row.control,
-            human(median(&row.rounds.control)),
-            row.ratio(),
-            format!("{lo:.3}–{hi:.3}"),
-            row.goal.map_or_else(|| "-".to_owned(), Goal::show),
-            row.kernel.map_or_else(|| "-".to_owned(), |k| format!("{k:.2}×")),
-        );
-    }
-}
-
-fn print_verdicts(rows: &[Row]) {
-    for row in rows {
-        if let Some(goal) = row.goal {
-            verdict(&format!("{} / {}", row.name, row.control), row.ratio(), goal);
-        }
-    }
-}
-
-fn verdict(what: &str, ratio: f64, goal: Goal) {
-    println!(
-        "{} goal: {what} = {ratio:.3}× (goal {}×)",
-        if goal.met(ratio) { "PASS" } else { "MISS" },
-        goal.show()
-    );
-}
+/// The tables' layout.
+const TABLE: Layout = Layout {
+    subject: 34,
+    control: 30,
+    ratio: 9,
+    spread: 17,
+    rule: 138,
+    kernel: true,
+    verdicts: Verdicts::Pair,
+};
 
 // ----- shared set-up ----------------------------------------------------------------------
 
@@ -681,11 +524,12 @@ fn bench_get(s: &Settings, errors: &mut Vec<String>) {
         }
     }
     print_table(
+        &TABLE,
         "1a. get shape: flat within the 16-slot cache, a step at 17, growth past 32",
         &rows,
     );
     println!();
-    print_verdicts(&rows);
+    print_verdicts(&TABLE, &rows);
 
     // Per list node walked, past N = 32 (every sequential get misses and walks (N − 1) / 2
     // nodes on average before the one it wants).
@@ -711,6 +555,7 @@ fn bench_get(s: &Settings, errors: &mut Vec<String>) {
             Row::new("loop alone (no get)", "get seq, N = 1", pair(&series, first_part + 2, b)),
         ];
         print_table(
+            &TABLE,
             "1c. parts of a cached get (the lookup takes an RCU read section and returns a \
              SelemRef holding an Arc of the map)",
             &rows,
@@ -740,9 +585,9 @@ fn bench_get(s: &Settings, errors: &mut Vec<String>) {
             println!("hashmap with {} keys: built in {}", keys_label(*k), human(*built));
         }
     }
-    print_table("1b. hashmap control (present keys) against local-storage get", &rows);
+    print_table(&TABLE, "1b. hashmap control (present keys) against local-storage get", &rows);
     println!();
-    print_verdicts(&rows);
+    print_verdicts(&TABLE, &rows);
     // Crossovers, as the kernel author read them.
     for (n, k) in [(32usize, 1_000u64), (100, 10_000), (100, 100_000)] {
         let (Some(a), Some(j)) = (seq(n), hashmaps.iter().position(|h| h.0 == k)) else {
@@ -887,6 +732,7 @@ fn bench_create(s: &Settings, errors: &mut Vec<String>) {
         Row::new("socket-like (kmalloc)", "malloc floor (Arc + 2 boxes)", pair(&series, 1, 2)),
     ];
     print_table(
+        &TABLE,
         "2. storage create + destroy (ns per fresh owner + create + destroy; 64-byte value)",
         &rows,
     );
@@ -1145,7 +991,7 @@ fn bench_owner_growth(s: &Settings, errors: &mut Vec<String>) {
     if misses.get() != 0 {
         errors.push(format!("ENGINE ERROR (owner growth): {} gets missed", misses.get()));
     }
-    print_table("3b. get cost as owners grow (one map, one element per owner)", &rows);
+    print_table(&TABLE, "3b. get cost as owners grow (one map, one element per owner)", &rows);
     println!();
     for (i, &stage) in s.owner_stages.iter().enumerate().skip(1) {
         let f = fixed[i] / fixed[0];
@@ -1301,7 +1147,7 @@ fn bench_map_free(s: &Settings, errors: &mut Vec<String>) {
 fn main() {
     let s = Settings::from_args();
     let started = Instant::now();
-    start_watchdog();
+    start_watchdog("bpfls-local-storage", WATCHDOG);
     println!(
         "bpfls-local-storage bench ({} mode): {ROUNDS} rounds per figure, subjects rotated each \
          round; ratio = median of per-round subject/control",
@@ -1317,7 +1163,7 @@ fn main() {
     let t2 = Instant::now();
     bench_scale(&s, &mut errors);
     println!("\n(scale section: {:.1} s)", t2.elapsed().as_secs_f64());
-    *PHASE.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    phases_done();
     println!("\ntotal run time {:.1} s", started.elapsed().as_secs_f64());
     if !errors.is_empty() {
         for e in &errors {

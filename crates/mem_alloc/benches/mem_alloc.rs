@@ -3,10 +3,10 @@
 //!
 //! # Method
 //!
-//! The same as `crates/rcu/benches/rcu.rs` (copied, not shared): the project's machine is a
-//! shared 2-vCPU VM whose speed drifts by tens of percent, so every figure pairs a *subject*
-//! with a *control* and runs them in interleaved rounds: one untimed warm-up of each, then
-//! `ROUNDS` rounds that measure subject and control back to back, alternating which goes
+//! The same as `crates/rcu/benches/rcu.rs` (the harness is shared: `bpfls_testkit::bench`): the
+//! project's machine is a shared 2-vCPU VM whose speed drifts by tens of percent, so every figure
+//! pairs a *subject* with a *control* and runs them in interleaved rounds: one untimed warm-up of
+//! each, then `ROUNDS` rounds that measure subject and control back to back, alternating which goes
 //! first. The tables print the median subject time, the median control time, the median of the
 //! per-round ratios and its spread (min–max).
 //!
@@ -37,14 +37,13 @@ use bpfls_mem_alloc::{
     Account, AllocError, Bytes, Handle, MemAlloc, MemAllocConfig, MemError, UnitSize, Violations,
 };
 use bpfls_rcu::{Config, Domains, ReclaimPolicy};
+use bpfls_testkit::bench::*;
 use std::cell::Cell;
 use std::hint::black_box;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Interleaved rounds per hot-path figure.
-const ROUNDS: usize = 7;
 /// The hot-path goal: subject / control.
 const HOT_GOAL: f64 = 0.5;
 /// Payload bytes (the unit is this plus the 8-byte header).
@@ -72,7 +71,7 @@ struct Settings {
 
 impl Settings {
     fn from_args() -> Self {
-        let quick = std::env::args().skip(1).any(|a| a == "--quick");
+        let quick = quick();
         if quick {
             Settings { quick, hot_iters: 200_000, c7_rounds: 3 }
         } else {
@@ -81,82 +80,18 @@ impl Settings {
     }
 }
 
-// ----- measurement (copied from the RCU bench) --------------------------------------------
+// ----- tables -----------------------------------------------------------------------------
 
-/// Per-round times (ns per operation) of a subject and its control.
-#[derive(Debug, Default)]
-struct Rounds {
-    subject: Vec<f64>,
-    control: Vec<f64>,
-}
-
-impl Rounds {
-    fn ratios(&self) -> Vec<f64> {
-        self.subject.iter().zip(&self.control).map(|(s, c)| s / c).collect()
-    }
-}
-
-/// Runs one untimed warm-up of each side, then `ROUNDS` rounds alternating which side goes
-/// first. Each closure performs one measurement and returns its ns per operation.
-fn interleave(mut subject: impl FnMut() -> f64, mut control: impl FnMut() -> f64) -> Rounds {
-    subject();
-    control();
-    let mut r = Rounds::default();
-    for round in 0..ROUNDS {
-        if round % 2 == 0 {
-            r.subject.push(subject());
-            r.control.push(control());
-        } else {
-            r.control.push(control());
-            r.subject.push(subject());
-        }
-    }
-    r
-}
-
-/// Times `iters` calls of `op`; returns ns per call.
-#[inline(never)]
-fn per_op(iters: u64, mut op: impl FnMut()) -> f64 {
-    let start = Instant::now();
-    for _ in 0..iters {
-        op();
-    }
-    ns(start.elapsed()) / iters as f64
-}
-
-fn ns(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e9
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-fn min_max(values: &[f64]) -> (f64, f64) {
-    let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    (lo, hi)
-}
-
-/// A duration in ns, printed with a readable unit.
-fn human(ns: f64) -> String {
-    if ns >= 1e6 {
-        format!("{:.2} ms", ns / 1e6)
-    } else if ns >= 1e3 {
-        format!("{:.2} µs", ns / 1e3)
-    } else {
-        format!("{ns:.2} ns")
-    }
-}
+/// The tables' layout.
+const TABLE: Layout = Layout {
+    subject: 40,
+    control: 34,
+    ratio: 8,
+    spread: 15,
+    rule: 134,
+    kernel: false,
+    verdicts: Verdicts::ItsControl,
+};
 
 /// Bytes, printed with a readable unit.
 fn bytes(b: f64) -> String {
@@ -166,98 +101,6 @@ fn bytes(b: f64) -> String {
         format!("{:.1} KiB", b / 1024.0)
     } else {
         format!("{b:.0} B")
-    }
-}
-
-// ----- watchdog ---------------------------------------------------------------------------
-
-/// The phase in progress and when it began; a watchdog thread exits the process when one
-/// runs past [`WATCHDOG`].
-static PHASE: Mutex<Option<(&'static str, Instant)>> = Mutex::new(None);
-
-fn phase(name: &'static str) {
-    *PHASE.lock().unwrap_or_else(|e| e.into_inner()) = Some((name, Instant::now()));
-}
-
-fn start_watchdog() {
-    std::thread::spawn(|| {
-        loop {
-            std::thread::sleep(Duration::from_millis(500));
-            let current = *PHASE.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((name, since)) = current
-                && since.elapsed() > WATCHDOG
-            {
-                eprintln!(
-                    "bpfls-mem-alloc bench: ENGINE HANG? phase `{name}` has run for {:.0} s \
-                     (limit {} s); aborting",
-                    since.elapsed().as_secs_f64(),
-                    WATCHDOG.as_secs()
-                );
-                std::process::exit(3);
-            }
-        }
-    });
-}
-
-// ----- tables -----------------------------------------------------------------------------
-
-/// One line of a table.
-struct Row {
-    name: String,
-    control: &'static str,
-    rounds: Rounds,
-    goal: Option<f64>,
-}
-
-impl Row {
-    fn new(name: impl Into<String>, control: &'static str, rounds: Rounds) -> Self {
-        Row { name: name.into(), control, rounds, goal: None }
-    }
-
-    fn goal(self, goal: f64) -> Self {
-        Row { goal: Some(goal), ..self }
-    }
-
-    fn ratio(&self) -> f64 {
-        median(&self.rounds.ratios())
-    }
-}
-
-fn print_table(title: &str, rows: &[Row]) {
-    println!("\n## {title}\n");
-    println!(
-        "{:<40} {:>11}  {:<34} {:>11}  {:>8}  {:>15}  {:>6}",
-        "subject", "median", "control", "median", "ratio", "ratio min–max", "goal"
-    );
-    println!("{}", "-".repeat(134));
-    for row in rows {
-        let (lo, hi) = min_max(&row.rounds.ratios());
-        let goal = row.goal.map_or_else(|| "-".to_owned(), |g| format!("≤{g:.2}"));
-        println!(
-            "{:<40} {:>11}  {:<34} {:>11}  {:>7.3}×  {:>15}  {:>6}",
-            row.name,
-            human(median(&row.rounds.subject)),
-            row.control,
-            human(median(&row.rounds.control)),
-            row.ratio(),
-            format!("{lo:.3}–{hi:.3}"),
-            goal
-        );
-    }
-}
-
-fn print_verdicts(rows: &[Row]) {
-    println!();
-    for row in rows {
-        if let Some(goal) = row.goal {
-            let ratio = row.ratio();
-            let verdict = if ratio <= goal { "PASS" } else { "MISS" };
-            println!(
-                "{verdict} goal: {} = {ratio:.3}× its control (goal ≤ {goal:.2}×{})",
-                row.name,
-                if ratio <= goal { String::new() } else { format!(", {:.2}× over", ratio / goal) }
-            );
-        }
     }
 }
 
@@ -378,7 +221,7 @@ fn bench_hot(s: Settings, errors: &mut Vec<String>) {
     let hot = Row::new("MemAlloc alloc+free (cpu 0)", "Box::new([u8; 64])+drop", {
         interleave(alloc_free, || box_drop(n))
     })
-    .goal(HOT_GOAL);
+    .goal(Goal::AtMost(HOT_GOAL));
     let after_hot = ma.slab(0).stats();
     let cache = ma.cache_stats(0, 0);
     let hot_allocs = allocs.get();
@@ -430,8 +273,8 @@ fn bench_hot(s: Settings, errors: &mut Vec<String>) {
     let raw_stats = slab.stats();
 
     let rows = vec![hot, checked, raw];
-    print_table("1-2. hot path (ns per pair; 64-byte payload, 72-byte unit)", &rows);
-    print_verdicts(&rows);
+    print_table(&TABLE, "1-2. hot path (ns per pair; 64-byte payload, 72-byte unit)", &rows);
+    print_verdicts(&TABLE, &rows);
     let check_cost = median(&rows[1].rounds.subject) - median(&rows[0].rounds.subject);
     let box_rw_cost = median(&rows[1].rounds.control) - median(&rows[0].rounds.control);
     println!(
@@ -845,7 +688,7 @@ fn bench_c7(s: Settings, errors: &mut Vec<String>) {
 fn main() {
     let s = Settings::from_args();
     let started = Instant::now();
-    start_watchdog();
+    start_watchdog("bpfls-mem-alloc", WATCHDOG);
     println!(
         "bpfls-mem-alloc bench ({} mode): {ROUNDS} interleaved rounds per hot-path figure; ratio \
          = median of per-round subject/control",
@@ -854,7 +697,7 @@ fn main() {
     let mut errors = Vec::new();
     bench_hot(s, &mut errors);
     bench_c7(s, &mut errors);
-    *PHASE.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    phases_done();
     println!("\ntotal run time {:.1} s", started.elapsed().as_secs_f64());
     if !errors.is_empty() {
         for e in &errors {

@@ -33,13 +33,12 @@
 //! misbehaves (wrong callback count: 1; a phase running past the watchdog limit: 3).
 
 use bpfls_rcu::{Config, Rcu, TasksTrace};
+use bpfls_testkit::bench::*;
 use std::hint::black_box;
+use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-/// Interleaved rounds per benchmark.
-const ROUNDS: usize = 7;
 /// The read-side goal: subject / control.
 const READ_GOAL: f64 = 0.4;
 /// A phase running longer than this is taken for an engine hang.
@@ -61,7 +60,7 @@ struct Settings {
 
 impl Settings {
     fn from_args() -> Self {
-        let quick = std::env::args().skip(1).any(|a| a == "--quick");
+        let quick = quick();
         if quick {
             Settings {
                 quick,
@@ -82,171 +81,16 @@ impl Settings {
     }
 }
 
-// ----- measurement ------------------------------------------------------------------------
-
-/// Per-round times (ns per operation) of a subject and its control.
-#[derive(Debug, Default)]
-struct Rounds {
-    subject: Vec<f64>,
-    control: Vec<f64>,
-}
-
-impl Rounds {
-    fn ratios(&self) -> Vec<f64> {
-        self.subject.iter().zip(&self.control).map(|(s, c)| s / c).collect()
-    }
-}
-
-/// Runs one untimed warm-up of each side, then `ROUNDS` rounds alternating which side goes
-/// first. Each closure performs one measurement and returns its ns per operation.
-fn interleave(mut subject: impl FnMut() -> f64, mut control: impl FnMut() -> f64) -> Rounds {
-    subject();
-    control();
-    let mut r = Rounds::default();
-    for round in 0..ROUNDS {
-        if round % 2 == 0 {
-            r.subject.push(subject());
-            r.control.push(control());
-        } else {
-            r.control.push(control());
-            r.subject.push(subject());
-        }
-    }
-    r
-}
-
-/// Times `iters` calls of `op`; returns ns per call. Not inlined, so that each measured loop
-/// is a function of its own with `op` inlined into it.
-#[inline(never)]
-fn per_op(iters: u64, mut op: impl FnMut()) -> f64 {
-    let start = Instant::now();
-    for _ in 0..iters {
-        op();
-    }
-    ns(start.elapsed()) / iters as f64
-}
-
-fn ns(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e9
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-/// A duration in ns, printed with a readable unit.
-fn human(ns: f64) -> String {
-    if ns >= 1e6 {
-        format!("{:.2} ms", ns / 1e6)
-    } else if ns >= 1e3 {
-        format!("{:.2} µs", ns / 1e3)
-    } else {
-        format!("{ns:.2} ns")
-    }
-}
-
-// ----- watchdog ---------------------------------------------------------------------------
-
-/// The phase in progress and when it began; a watchdog thread exits the process when one
-/// runs past [`WATCHDOG`] (an engine hang must not hang `cargo xtask bench`).
-static PHASE: Mutex<Option<(&'static str, Instant)>> = Mutex::new(None);
-
-fn phase(name: &'static str) {
-    *PHASE.lock().unwrap_or_else(|e| e.into_inner()) = Some((name, Instant::now()));
-}
-
-fn start_watchdog() {
-    std::thread::spawn(|| {
-        loop {
-            std::thread::sleep(Duration::from_millis(500));
-            let current = *PHASE.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((name, since)) = current
-                && since.elapsed() > WATCHDOG
-            {
-                eprintln!(
-                    "bpfls-rcu bench: ENGINE HANG? phase `{name}` has run for {:.0} s (limit {} \
-                     s); aborting",
-                    since.elapsed().as_secs_f64(),
-                    WATCHDOG.as_secs()
-                );
-                std::process::exit(3);
-            }
-        }
-    });
-}
-
-// ----- tables -----------------------------------------------------------------------------
-
-/// One line of a table.
-struct Row {
-    name: String,
-    control: &'static str,
-    rounds: Rounds,
-    goal: Option<f64>,
-}
-
-impl Row {
-    fn new(name: impl Into<String>, control: &'static str, rounds: Rounds) -> Self {
-        Row { name: name.into(), control, rounds, goal: None }
-    }
-
-    fn goal(self, goal: f64) -> Self {
-        Row { goal: Some(goal), ..self }
-    }
-
-    fn ratio(&self) -> f64 {
-        median(&self.rounds.ratios())
-    }
-}
-
-fn print_table(title: &str, rows: &[Row]) {
-    println!("\n## {title}\n");
-    println!(
-        "{:<44} {:>11}  {:<30} {:>11}  {:>8}  {:>15}  {:>6}",
-        "subject", "median", "control", "median", "ratio", "ratio min–max", "goal"
-    );
-    println!("{}", "-".repeat(134));
-    for row in rows {
-        let ratios = row.rounds.ratios();
-        let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let goal = row.goal.map_or_else(|| "-".to_owned(), |g| format!("≤{g:.2}"));
-        println!(
-            "{:<44} {:>11}  {:<30} {:>11}  {:>7.3}×  {:>15}  {:>6}",
-            row.name,
-            human(median(&row.rounds.subject)),
-            row.control,
-            human(median(&row.rounds.control)),
-            row.ratio(),
-            format!("{lo:.3}–{hi:.3}"),
-            goal
-        );
-    }
-}
-
-fn print_verdicts(rows: &[Row]) {
-    println!();
-    for row in rows {
-        if let Some(goal) = row.goal {
-            let ratio = row.ratio();
-            let verdict = if ratio <= goal { "PASS" } else { "MISS" };
-            println!(
-                "{verdict} goal: {} = {ratio:.3}× its control (goal ≤ {goal:.2}×{})",
-                row.name,
-                if ratio <= goal { String::new() } else { format!(", {:.2}× over", ratio / goal) }
-            );
-        }
-    }
-}
+/// The tables' layout.
+const TABLE: Layout = Layout {
+    subject: 44,
+    control: 30,
+    ratio: 8,
+    spread: 15,
+    rule: 134,
+    kernel: false,
+    verdicts: Verdicts::ItsControl,
+};
 
 // ----- 1. read side -----------------------------------------------------------------------
 
@@ -281,13 +125,13 @@ fn bench_read(s: Settings) {
             "local pin()+drop",
             interleave(|| per_op(n, || drop(exp.read_lock(black_box(0)))), pin),
         )
-        .goal(READ_GOAL),
+        .goal(Goal::AtMost(READ_GOAL)),
         Row::new(
             "rcu read_lock pair (fence SeqCst)",
             "local pin()+drop",
             interleave(|| per_op(n, || drop(sym.read_lock(black_box(0)))), pin),
         )
-        .goal(READ_GOAL),
+        .goal(Goal::AtMost(READ_GOAL)),
         Row::new(
             "rcu nested read_lock pair",
             "nested local pin()+drop",
@@ -302,13 +146,13 @@ fn bench_read(s: Settings) {
                 },
             ),
         )
-        .goal(READ_GOAL),
+        .goal(Goal::AtMost(READ_GOAL)),
         Row::new(
             "tasks-trace read_lock pair",
             "local pin()+drop",
             interleave(|| per_op(n, || drop(trace.read_lock(black_box(&task)))), pin),
         )
-        .goal(READ_GOAL),
+        .goal(Goal::AtMost(READ_GOAL)),
         Row::new(
             "ref: global crossbeam_epoch::pin()",
             "local pin()+drop",
@@ -320,8 +164,8 @@ fn bench_read(s: Settings) {
             interleave(|| per_op(n, || drop(black_box(black_box(&rwlock).read()))), pin),
         ),
     ];
-    print_table("1. read side (ns per lock+unlock pair)", &rows);
-    print_verdicts(&rows);
+    print_table(&TABLE, "1. read side (ns per lock+unlock pair)", &rows);
+    print_verdicts(&TABLE, &rows);
     drop(task);
 }
 
@@ -424,7 +268,11 @@ fn bench_synchronize(s: Settings) {
             human(read_c)
         ));
     }
-    print_table("2. synchronize latency (per call; the absolute time is the figure)", &rows);
+    print_table(
+        &TABLE,
+        "2. synchronize latency (per call; the absolute time is the figure)",
+        &rows,
+    );
     println!();
     for n in notes {
         println!("{n}");
@@ -548,7 +396,11 @@ fn bench_flood(s: Settings) -> Vec<String> {
             st.max_queued_per_gp
         ));
     }
-    print_table("3. call flood (10^6 callbacks dropping a Box<[u8; 32]>, then barrier)", &rows);
+    print_table(
+        &TABLE,
+        "3. call flood (10^6 callbacks dropping a Box<[u8; 32]>, then barrier)",
+        &rows,
+    );
     println!();
     for n in notes {
         println!("{n}");
@@ -642,14 +494,14 @@ fn bench_scaling(s: Settings) {
             ),
         ));
     }
-    print_table("4. scaling over threads (ns per op per thread; flat = scales)", &rows);
+    print_table(&TABLE, "4. scaling over threads (ns per op per thread; flat = scales)", &rows);
     println!("threads measured: {counts:?} (available parallelism {max})");
 }
 
 fn main() {
     let s = Settings::from_args();
     let started = Instant::now();
-    start_watchdog();
+    start_watchdog("bpfls-rcu", WATCHDOG);
     println!(
         "bpfls-rcu bench ({} mode): {ROUNDS} interleaved rounds per figure; ratio = median of \
          per-round subject/control",
@@ -659,7 +511,7 @@ fn main() {
     bench_synchronize(s);
     let errors = bench_flood(s);
     bench_scaling(s);
-    *PHASE.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    phases_done();
     println!("\ntotal run time {:.1} s", started.elapsed().as_secs_f64());
     if !errors.is_empty() {
         for e in &errors {
