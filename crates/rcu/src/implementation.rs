@@ -28,7 +28,13 @@
 //! normal RCU readers, and [`barrier`](crate::Domain::barrier) on one domain does not imply a
 //! barrier on the other. [`Domains`](crate::Domains) holds both and the
 //! `rcu_trace_implies_rcu_gp()` knob, and [`Domains::defer`](crate::Domains::defer) chains
-//! them when a [`ReclaimPolicy`](crate::ReclaimPolicy) needs both.
+//! them when a [`ReclaimPolicy`](crate::ReclaimPolicy) needs both. With the knob set, the
+//! kernel frees right after a Tasks-Trace grace period because that grace period *implies* a
+//! normal one; ours does not, so `defer(AfterTasksTrace)` takes an RCU cookie when called and,
+//! in the Tasks-Trace callback, frees at once if an RCU grace period has elapsed since (the
+//! usual case) or chains onto RCU otherwise. Without that, a non-sleepable reader's legal read
+//! of a deleted element was reported as a use after free (found by a loom model of the storage
+//! layer).
 //!
 //! Every slot is a `CachePadded<AtomicUsize>` (`crossbeam_utils::CachePadded`, re-exported by
 //! `bpfls-sync`). A slot is written only by its own reader and read by grace-period scans;
