@@ -1,0 +1,618 @@
+//! The `Kernel` facade: the one value a user builds. It owns the RCU domains, the four storage
+//! types (task, socket, inode, cgroup) over `bpfls-local-storage`, the owners, the fd table,
+//! the per-CPU recursion guards and the violation collector, and it is the only crate that
+//! knows what a task, a socket, an inode, a cgroup or an fd is.
+//!
+//! **Work in progress** (issue 5): owners with their lifetimes (§1.6), the fd table, map
+//! creation and map lifetime through fd references (§2.8), the syscalls (§2.11) and the storage
+//! helpers with the bpf_ma-era busy counter are here, in threaded mode. Stepped execution, BPF
+//! programs attached to probe points, contexts (softirq / hardirq / NMI) and profiles other
+//! than bpf_ma are not yet.
+//!
+//! ```
+//! use bpfls_kernel::{Kernel, MapType};
+//! use bpfls_local_storage::flags::{BPF_ANY, BPF_LOCAL_STORAGE_GET_F_CREATE};
+//! use bpfls_local_storage::MapAttr;
+//!
+//! let k = Kernel::builder().cpus(2).build();
+//! let map = k.map_create(MapType::Task, MapAttr::new(8)).unwrap();
+//! let (_pid, pidfd) = k.task_spawn();
+//! k.map_update_elem(0, map, pidfd, &[7; 8], BPF_ANY).unwrap();
+//! assert_eq!(k.map_lookup_elem(1, map, pidfd).unwrap(), vec![7; 8]);
+//! // A program on CPU 1 sees the same value through the helper.
+//! let v = k.run_prog(1, false, |p| {
+//!     p.storage_get(map, pidfd, None, BPF_LOCAL_STORAGE_GET_F_CREATE).map(|s| s.read("prog").unwrap())
+//! });
+//! assert_eq!(v, Some(vec![7; 8]));
+//! k.task_exit(pidfd).unwrap();
+//! k.close(map).unwrap();
+//! assert_eq!(k.shutdown().unwrap(), 0);
+//! ```
+
+mod owners;
+
+pub use owners::OwnerObj;
+
+use bpfls_local_storage::flags::{BPF_LOCAL_STORAGE_GET_F_CREATE, BPF_NOEXIST};
+use bpfls_local_storage::{Errno, LocalStorage, MapAttr, SelemRef, Smap, TypeConfig};
+use bpfls_mem_alloc::Violations;
+use bpfls_rcu::{Backend, Config, Domains};
+use bpfls_sync::atomic::{AtomicU32, Ordering};
+use bpfls_sync::{Arc, CachePadded, Mutex, untracked};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// The four local-storage map types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MapType {
+    /// `BPF_MAP_TYPE_TASK_STORAGE`.
+    Task,
+    /// `BPF_MAP_TYPE_SK_STORAGE`.
+    Sk,
+    /// `BPF_MAP_TYPE_INODE_STORAGE`.
+    Inode,
+    /// `BPF_MAP_TYPE_CGRP_STORAGE`.
+    Cgrp,
+}
+
+impl MapType {
+    const ALL: [MapType; 4] = [MapType::Task, MapType::Sk, MapType::Inode, MapType::Cgrp];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Whether this type's helpers take the per-CPU busy counter (bpf_ma era: task, cgroup).
+    fn has_busy_counter(self) -> bool {
+        matches!(self, MapType::Task | MapType::Cgrp)
+    }
+}
+
+/// How a [`Kernel`] is built.
+#[derive(Debug, Clone)]
+pub struct KernelBuilder {
+    cpus: u32,
+    trace_implies_rcu: bool,
+    optmem_max: u64,
+    preempt_rt: bool,
+    probes: bpfls_sync::probe::Probes,
+}
+
+impl KernelBuilder {
+    /// Logical CPUs (default 2).
+    pub fn cpus(self, cpus: u32) -> Self {
+        KernelBuilder { cpus, ..self }
+    }
+
+    /// `rcu_trace_implies_rcu_gp()` (default true).
+    pub fn trace_implies_rcu(self, trace_implies_rcu: bool) -> Self {
+        KernelBuilder { trace_implies_rcu, ..self }
+    }
+
+    /// The sockets' `optmem_max` (default 20480, the kernel's usual sysctl value).
+    pub fn optmem_max(self, optmem_max: u64) -> Self {
+        KernelBuilder { optmem_max, ..self }
+    }
+
+    /// PREEMPT_RT: every storage type uses the per-CPU allocator.
+    pub fn preempt_rt(self, preempt_rt: bool) -> Self {
+        KernelBuilder { preempt_rt, ..self }
+    }
+
+    /// Probe points of the storage core (`lookup_cache_insert`, the lock and allocation sites):
+    /// the attach point of simulated tracing programs (the fentry analogue).
+    pub fn probes(self, probes: bpfls_sync::probe::Probes) -> Self {
+        KernelBuilder { probes, ..self }
+    }
+
+    /// Builds the kernel (threaded mode).
+    pub fn build(self) -> Kernel {
+        let cpus = self.cpus.max(1);
+        let domains = Arc::new(Domains::new(
+            cpus,
+            Config::threaded().with_backend(Backend::Threaded),
+            self.trace_implies_rcu,
+        ));
+        let violations = Violations::new();
+        let types = MapType::ALL.map(|t| {
+            let bpf_ma = matches!(t, MapType::Task | MapType::Cgrp) || self.preempt_rt;
+            let base =
+                if bpf_ma { TypeConfig::task_like(cpus) } else { TypeConfig::socket_like(cpus) };
+            let cfg = TypeConfig {
+                name: match t {
+                    MapType::Task => "task",
+                    MapType::Sk => "sk",
+                    MapType::Inode => "inode",
+                    MapType::Cgrp => "cgrp",
+                },
+                uptr_allowed: t == MapType::Task,
+                probes: self.probes.clone(),
+                ..base
+            };
+            LocalStorage::new(cfg, domains.clone(), violations.clone())
+                .expect("storage type configuration is valid")
+        });
+        Kernel {
+            cpus,
+            optmem_max: self.optmem_max,
+            domains,
+            violations,
+            types,
+            state: Mutex::new(State { fds: BTreeMap::new(), next_fd: 3, next_id: 1 }),
+            busy: [MapType::Task, MapType::Cgrp]
+                .map(|_| (0..cpus).map(|_| CachePadded::new(AtomicU32::new(0))).collect()),
+        }
+    }
+}
+
+/// What an fd refers to.
+#[derive(Clone)]
+enum FdObj {
+    Map(Arc<MapObj>),
+    Owner(Arc<OwnerObj>),
+}
+
+/// A map: its type, the core's smap, and its references (fds).
+struct MapObj {
+    ty: MapType,
+    smap: Arc<Smap>,
+    refs: untracked::AtomicU64,
+}
+
+struct State {
+    fds: BTreeMap<i32, FdObj>,
+    next_fd: i32,
+    next_id: u64,
+}
+
+/// The simulated kernel. See the crate documentation.
+pub struct Kernel {
+    cpus: u32,
+    optmem_max: u64,
+    domains: Arc<Domains>,
+    violations: Violations,
+    types: [LocalStorage; 4],
+    state: Mutex<State>,
+    /// `bpf_task_storage_busy` and `bpf_cgrp_storage_busy`: per-CPU recursion counters.
+    busy: [Box<[CachePadded<AtomicU32>]>; 2],
+}
+
+impl fmt::Debug for Kernel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Kernel").field("cpus", &self.cpus).finish_non_exhaustive()
+    }
+}
+
+impl Kernel {
+    /// A builder with the defaults: 2 CPUs, `trace_implies_rcu`, `optmem_max` 20480.
+    pub fn builder() -> KernelBuilder {
+        KernelBuilder {
+            cpus: 2,
+            trace_implies_rcu: true,
+            optmem_max: 20480,
+            preempt_rt: false,
+            probes: bpfls_sync::probe::Probes::new(),
+        }
+    }
+
+    /// Logical CPUs.
+    pub fn cpus(&self) -> u32 {
+        self.cpus
+    }
+
+    /// The RCU domains.
+    pub fn domains(&self) -> &Arc<Domains> {
+        &self.domains
+    }
+
+    /// The violation collector.
+    pub fn violations(&self) -> &Violations {
+        &self.violations
+    }
+
+    /// The storage type behind a map type.
+    pub fn storage(&self, ty: MapType) -> &LocalStorage {
+        &self.types[ty.index()]
+    }
+
+    fn new_fd(&self, obj: FdObj) -> i32 {
+        let mut st = self.state.lock();
+        let fd = st.next_fd;
+        st.next_fd += 1;
+        st.fds.insert(fd, obj);
+        fd
+    }
+
+    fn new_id(&self) -> u64 {
+        let mut st = self.state.lock();
+        let id = st.next_id;
+        st.next_id += 1;
+        id
+    }
+
+    fn fd(&self, fd: i32) -> Result<FdObj, Errno> {
+        self.state.lock().fds.get(&fd).cloned().ok_or(Errno::EBADF)
+    }
+
+    fn map(&self, fd: i32) -> Result<Arc<MapObj>, Errno> {
+        match self.fd(fd)? {
+            FdObj::Map(m) => Ok(m),
+            FdObj::Owner(_) => Err(Errno::EINVAL),
+        }
+    }
+
+    /// The owner an fd names for a map of type `ty` (pidfd, socket fd, inode fd, cgroup fd).
+    fn owner_for(&self, ty: MapType, fd: i32) -> Result<Arc<OwnerObj>, Errno> {
+        match self.fd(fd)? {
+            FdObj::Owner(o) if o.kind() == ty => Ok(o),
+            _ => Err(Errno::EBADF),
+        }
+    }
+
+    // ----- owners -----------------------------------------------------------------------------
+
+    fn spawn_owner(&self, ty: MapType) -> (u64, i32) {
+        let id = self.new_id();
+        let optmem = (ty == MapType::Sk).then_some(self.optmem_max);
+        let owner = Arc::new(OwnerObj::new(ty, id, optmem));
+        (id, self.new_fd(FdObj::Owner(owner)))
+    }
+
+    /// A new task; returns its pid and a pidfd.
+    pub fn task_spawn(&self) -> (u64, i32) {
+        self.spawn_owner(MapType::Task)
+    }
+
+    /// A new socket; returns its id and fd.
+    pub fn socket_create(&self) -> (u64, i32) {
+        self.spawn_owner(MapType::Sk)
+    }
+
+    /// A new inode; returns its number and an fd of it.
+    pub fn inode_create(&self) -> (u64, i32) {
+        self.spawn_owner(MapType::Inode)
+    }
+
+    /// A new cgroup (`mkdir`); returns its id and an fd of it.
+    pub fn cgroup_mkdir(&self) -> (u64, i32) {
+        self.spawn_owner(MapType::Cgrp)
+    }
+
+    /// Ends an owner: it becomes unreachable, then its storage is destroyed — after an RCU grace
+    /// period for tasks (final put) and cgroups (css free), at once for sockets (last reference)
+    /// and inodes (evict). The fd is closed.
+    fn end_owner(&self, ty: MapType, fd: i32) -> Result<(), Errno> {
+        let owner = self.owner_for(ty, fd)?;
+        if !owner.kill() {
+            return Err(Errno::ENOENT);
+        }
+        self.state.lock().fds.remove(&fd);
+        if owner.past_gp() {
+            self.domains.rcu.synchronize();
+        }
+        let cpu = 0;
+        self.guarded(ty, cpu, true, || self.storage(ty).destroy(cpu, owner.as_ref()));
+        Ok(())
+    }
+
+    /// Task exit and final put.
+    pub fn task_exit(&self, pidfd: i32) -> Result<(), Errno> {
+        self.end_owner(MapType::Task, pidfd)
+    }
+
+    /// Socket close (the last reference).
+    pub fn socket_close(&self, fd: i32) -> Result<(), Errno> {
+        self.end_owner(MapType::Sk, fd)
+    }
+
+    /// Inode eviction.
+    pub fn inode_evict(&self, fd: i32) -> Result<(), Errno> {
+        self.end_owner(MapType::Inode, fd)
+    }
+
+    /// Cgroup `rmdir`.
+    pub fn cgroup_rmdir(&self, fd: i32) -> Result<(), Errno> {
+        self.end_owner(MapType::Cgrp, fd)
+    }
+
+    /// `accept()` on a listening socket: a new socket whose storage clones the parent's
+    /// `BPF_F_CLONE` maps (§2.12). On a clone error the new socket is destroyed and the error
+    /// returned.
+    pub fn socket_accept(&self, cpu: u32, parent_fd: i32) -> Result<(u64, i32), Errno> {
+        let parent = self.owner_for(MapType::Sk, parent_fd)?;
+        let (id, fd) = self.socket_create();
+        let child = self.owner_for(MapType::Sk, fd)?;
+        let dyn_child: untracked::Arc<dyn bpfls_local_storage::Owner> = child.clone();
+        if let Err(e) = self.storage(MapType::Sk).clone_storage(cpu, parent.as_ref(), &dyn_child) {
+            self.socket_close(fd)?;
+            return Err(e);
+        }
+        Ok((id, fd))
+    }
+
+    // ----- maps and fds -------------------------------------------------------------------
+
+    /// `BPF_MAP_CREATE` for a local-storage map type: the attribute checks of
+    /// `map_alloc_check` (and uptr only for task storage), then a map fd.
+    pub fn map_create(&self, ty: MapType, attr: MapAttr) -> Result<i32, Errno> {
+        let smap = self.storage(ty).map_create(attr)?;
+        let map = Arc::new(MapObj { ty, smap, refs: untracked::AtomicU64::new(1) });
+        Ok(self.new_fd(FdObj::Map(map)))
+    }
+
+    /// Another fd for the same map (`dup`): one more reference.
+    pub fn dup(&self, fd: i32) -> Result<i32, Errno> {
+        let obj = self.fd(fd)?;
+        if let FdObj::Map(m) = &obj {
+            m.refs.fetch_add(1, untracked::Ordering::Relaxed);
+        }
+        Ok(self.new_fd(obj))
+    }
+
+    /// `close(fd)`. The last reference to a map frees it (§2.8).
+    pub fn close(&self, fd: i32) -> Result<(), Errno> {
+        let obj = self.state.lock().fds.remove(&fd).ok_or(Errno::EBADF)?;
+        // ORDERING: AcqRel, the usual reference-count pairing: the last `close` sees every
+        // other reference holder's use of the map before it frees it.
+        if let FdObj::Map(m) = obj
+            && m.refs.fetch_sub(1, untracked::Ordering::AcqRel) == 1
+        {
+            let cpu = 0;
+            // The cgroup type raises its busy counter around map_free (bug zoo B9).
+            let ty = m.ty;
+            let guard_counter = ty == MapType::Cgrp;
+            self.guarded(ty, cpu, guard_counter, || {
+                self.storage(ty).map_free(cpu, m.smap.clone());
+            });
+        }
+        Ok(())
+    }
+
+    // ----- recursion guard ----------------------------------------------------------------
+
+    fn busy(&self, ty: MapType, cpu: u32) -> Option<&AtomicU32> {
+        let i = match ty {
+            MapType::Task => 0,
+            MapType::Cgrp => 1,
+            _ => return None,
+        };
+        self.busy[i].get(cpu as usize).map(|c| &**c)
+    }
+
+    /// Runs `f` with the type's busy counter raised on `cpu` (`bpf_task_storage_lock()`), when
+    /// `take` and the type has one.
+    fn guarded<R>(&self, ty: MapType, cpu: u32, take: bool, f: impl FnOnce() -> R) -> R {
+        let counter = if take && ty.has_busy_counter() { self.busy(ty, cpu) } else { None };
+        if let Some(c) = counter {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        let r = f();
+        if let Some(c) = counter {
+            c.fetch_sub(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    /// `trylock`: raise the counter; keep it only if it was 0.
+    fn try_busy(&self, ty: MapType, cpu: u32) -> bool {
+        match self.busy(ty, cpu) {
+            None => true,
+            Some(c) => {
+                if c.fetch_add(1, Ordering::Relaxed) == 0 {
+                    true
+                } else {
+                    c.fetch_sub(1, Ordering::Relaxed);
+                    false
+                }
+            }
+        }
+    }
+
+    fn unbusy(&self, ty: MapType, cpu: u32) {
+        if let Some(c) = self.busy(ty, cpu) {
+            c.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    fn check_cpu(&self, cpu: u32) -> Result<(), Errno> {
+        if cpu >= self.cpus { Err(Errno::EINVAL) } else { Ok(()) }
+    }
+
+    // ----- syscalls ---------------------------------------------------------------------------
+
+    /// `BPF_MAP_LOOKUP_ELEM` on `cpu`: the value of the owner `key_fd` names.
+    pub fn map_lookup_elem(&self, cpu: u32, map_fd: i32, key_fd: i32) -> Result<Vec<u8>, Errno> {
+        self.check_cpu(cpu)?;
+        let m = self.map(map_fd)?;
+        let owner = self.owner_for(m.ty, key_fd)?;
+        if !owner.alive() {
+            return Err(Errno::ENOENT);
+        }
+        let ls = self.storage(m.ty);
+        self.guarded(m.ty, cpu, true, || {
+            let _rcu = self.domains.rcu.read_lock(cpu);
+            let s = ls.lookup(cpu, owner.as_ref(), &m.smap, true).ok_or(Errno::ENOENT)?;
+            s.read("syscall_lookup").map_err(|_| Errno::ENOENT)
+        })
+    }
+
+    /// `BPF_MAP_UPDATE_ELEM` on `cpu` with `flags` (`BPF_ANY`, `BPF_NOEXIST`, `BPF_EXIST`,
+    /// `| BPF_F_LOCK`).
+    pub fn map_update_elem(
+        &self,
+        cpu: u32,
+        map_fd: i32,
+        key_fd: i32,
+        value: &[u8],
+        flags: u64,
+    ) -> Result<(), Errno> {
+        self.check_cpu(cpu)?;
+        let m = self.map(map_fd)?;
+        let owner = self.owner_for(m.ty, key_fd)?;
+        if !owner.alive() {
+            return Err(Errno::ENOENT);
+        }
+        let dyn_owner: untracked::Arc<dyn bpfls_local_storage::Owner> = owner.clone();
+        self.guarded(m.ty, cpu, true, || {
+            self.storage(m.ty)
+                .update(cpu, &dyn_owner, &m.smap, Some(value), flags, false)
+                .map(|_| ())
+        })
+    }
+
+    /// `BPF_MAP_DELETE_ELEM` on `cpu`.
+    pub fn map_delete_elem(&self, cpu: u32, map_fd: i32, key_fd: i32) -> Result<(), Errno> {
+        self.check_cpu(cpu)?;
+        let m = self.map(map_fd)?;
+        let owner = self.owner_for(m.ty, key_fd)?;
+        if !owner.alive() {
+            return Err(Errno::ENOENT);
+        }
+        self.guarded(m.ty, cpu, true, || self.storage(m.ty).delete(cpu, owner.as_ref(), &m.smap))
+    }
+
+    /// `BPF_MAP_GET_NEXT_KEY`: not supported by local-storage maps.
+    pub fn map_get_next_key(&self, map_fd: i32) -> Result<(), Errno> {
+        self.map(map_fd)?;
+        Err(Errno::ENOTSUPP)
+    }
+
+    // ----- programs and helpers -----------------------------------------------------------
+
+    /// Runs a program body on `cpu`: inside an RCU read section (non-sleepable) or a
+    /// Tasks-Trace one (sleepable). Values the helpers return are valid until `f` returns.
+    pub fn run_prog<R>(&self, cpu: u32, sleepable: bool, f: impl FnOnce(&Prog<'_>) -> R) -> R {
+        self.run_prog_as(cpu, sleepable, false, f)
+    }
+
+    /// Like [`run_prog`](Self::run_prog), for a program the verifier gives the `_recur`
+    /// helpers (a tracing program that may run inside the storage code).
+    pub fn run_prog_as<R>(
+        &self,
+        cpu: u32,
+        sleepable: bool,
+        recur: bool,
+        f: impl FnOnce(&Prog<'_>) -> R,
+    ) -> R {
+        let prog = Prog { k: self, cpu, recur };
+        if sleepable {
+            let task = self.domains.tasks_trace.register_task(self.new_id() | 1 << 63);
+            let _g = self.domains.tasks_trace.read_lock(&task);
+            f(&prog)
+        } else {
+            let _g = self.domains.rcu.read_lock(cpu);
+            f(&prog)
+        }
+    }
+
+    /// Tears everything down: closes every fd (freeing maps, ending owners), waits for every
+    /// pending free, and returns the number of leaked objects (also reported as violations).
+    pub fn shutdown(&self) -> Result<usize, Errno> {
+        let fds: Vec<(i32, FdObj)> =
+            std::mem::take(&mut self.state.lock().fds).into_iter().collect();
+        for (fd, obj) in &fds {
+            if let FdObj::Owner(o) = obj {
+                self.state.lock().fds.insert(*fd, obj.clone());
+                self.end_owner(o.kind(), *fd)?;
+            }
+        }
+        for (fd, obj) in fds {
+            if let FdObj::Map(_) = obj {
+                self.state.lock().fds.insert(fd, obj);
+                self.close(fd)?;
+            }
+        }
+        let mut leaked = 0;
+        for ty in MapType::ALL {
+            leaked += self.storage(ty).teardown().map_err(|_| Errno::EINVAL)?;
+        }
+        Ok(leaked)
+    }
+}
+
+/// A running program: the CPU it runs on and its helpers.
+pub struct Prog<'k> {
+    k: &'k Kernel,
+    cpu: u32,
+    recur: bool,
+}
+
+impl fmt::Debug for Prog<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Prog").field("cpu", &self.cpu).field("recur", &self.recur).finish()
+    }
+}
+
+impl Prog<'_> {
+    /// `bpf_{task,sk,inode,cgrp}_storage_get(map, owner, value, flags)`: the element, created
+    /// with `value` (zeroed when `None`) under `BPF_LOCAL_STORAGE_GET_F_CREATE`. `None` for bad
+    /// flags, a dead owner, a failed create, or (with the busy counter held on this CPU) a
+    /// create attempted from a recursive call.
+    pub fn storage_get(
+        &self,
+        map_fd: i32,
+        owner_fd: i32,
+        value: Option<&[u8]>,
+        flags: u64,
+    ) -> Option<SelemRef> {
+        let k = self.k;
+        let m = k.map(map_fd).ok()?;
+        if flags & !BPF_LOCAL_STORAGE_GET_F_CREATE != 0 {
+            return None;
+        }
+        let owner = k.owner_for(m.ty, owner_fd).ok()?;
+        let ls = k.storage(m.ty);
+        // Plain helpers take the counter unconditionally; `_recur` ones (and cgroup's single
+        // proto) only try, and without it neither cache nor create.
+        let trylock = self.recur || m.ty == MapType::Cgrp;
+        let nobusy = if !m.ty.has_busy_counter() {
+            true
+        } else if trylock {
+            k.try_busy(m.ty, self.cpu)
+        } else {
+            k.busy(m.ty, self.cpu).map(|c| c.fetch_add(1, Ordering::Relaxed));
+            true
+        };
+        let found = ls.lookup(self.cpu, owner.as_ref(), &m.smap, nobusy);
+        let result = match found {
+            Some(s) => Some(s),
+            None if flags & BPF_LOCAL_STORAGE_GET_F_CREATE != 0 && nobusy && owner.alive() => {
+                let dyn_owner: untracked::Arc<dyn bpfls_local_storage::Owner> = owner.clone();
+                ls.update(self.cpu, &dyn_owner, &m.smap, value, BPF_NOEXIST, false).ok()
+            }
+            None => None,
+        };
+        if m.ty.has_busy_counter() && nobusy {
+            k.unbusy(m.ty, self.cpu);
+        }
+        result
+    }
+
+    /// `bpf_{task,sk,inode,cgrp}_storage_delete(map, owner)`: `-ENOENT` when absent, `-EBUSY`
+    /// when the recursion guard is held on this CPU (task `_recur`: only if the element exists;
+    /// cgroup: before looking).
+    pub fn storage_delete(&self, map_fd: i32, owner_fd: i32) -> Result<(), Errno> {
+        let k = self.k;
+        let m = k.map(map_fd)?;
+        let owner = k.owner_for(m.ty, owner_fd).map_err(|_| Errno::EINVAL)?;
+        let ls = k.storage(m.ty);
+        if !m.ty.has_busy_counter() {
+            return ls.delete(self.cpu, owner.as_ref(), &m.smap);
+        }
+        if m.ty == MapType::Cgrp || self.recur {
+            if !k.try_busy(m.ty, self.cpu) {
+                if m.ty == MapType::Cgrp {
+                    return Err(Errno::EBUSY);
+                }
+                return match ls.lookup(self.cpu, owner.as_ref(), &m.smap, false) {
+                    None => Err(Errno::ENOENT),
+                    Some(_) => Err(Errno::EBUSY),
+                };
+            }
+            let r = ls.delete(self.cpu, owner.as_ref(), &m.smap);
+            k.unbusy(m.ty, self.cpu);
+            return r;
+        }
+        k.guarded(m.ty, self.cpu, true, || ls.delete(self.cpu, owner.as_ref(), &m.smap))
+    }
+}
