@@ -530,6 +530,53 @@ impl Kernel {
     }
 }
 
+/// A value a helper returned: the program's pointer into the element (`sdata->data`). It
+/// borrows the running program, so it cannot outlive the program's read section — the
+/// compiler refuses it:
+///
+/// ```compile_fail
+/// # use bpfls_kernel::{Kernel, MapType};
+/// # use bpfls_local_storage::MapAttr;
+/// let k = Kernel::builder().build();
+/// let map = k.map_create(MapType::Task, MapAttr::new(8)).unwrap();
+/// let (_, task) = k.task_spawn();
+/// let escaped = k.run_prog(0, false, |p| p.storage_get(map, task, None, 1)); // the value escapes
+/// ```
+///
+/// Reads and writes are checked accesses: an element freed or reused under the program is a
+/// reported violation.
+pub struct Value<'p> {
+    sref: SelemRef,
+    _prog: std::marker::PhantomData<&'p Prog<'p>>,
+}
+
+impl fmt::Debug for Value<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Value").field(&self.sref).finish()
+    }
+}
+
+impl Value<'_> {
+    /// Reads the value.
+    pub fn read(&self, site: &'static str) -> Result<Vec<u8>, bpfls_mem_alloc::Violation> {
+        self.sref.read(site)
+    }
+
+    /// Writes the value.
+    pub fn write(
+        &self,
+        site: &'static str,
+        bytes: &[u8],
+    ) -> Result<(), bpfls_mem_alloc::Violation> {
+        self.sref.write(site, bytes)
+    }
+
+    /// The element behind it.
+    pub fn element(&self) -> &SelemRef {
+        &self.sref
+    }
+}
+
 /// A running program: the CPU it runs on and its helpers.
 pub struct Prog<'k> {
     k: &'k Kernel,
@@ -554,7 +601,7 @@ impl Prog<'_> {
         owner_fd: i32,
         value: Option<&[u8]>,
         flags: u64,
-    ) -> Option<SelemRef> {
+    ) -> Option<Value<'_>> {
         let k = self.k;
         let m = k.map(map_fd).ok()?;
         if flags & !BPF_LOCAL_STORAGE_GET_F_CREATE != 0 {
@@ -585,7 +632,7 @@ impl Prog<'_> {
         if m.ty.has_busy_counter() && nobusy {
             k.unbusy(m.ty, self.cpu);
         }
-        result
+        result.map(|sref| Value { sref, _prog: std::marker::PhantomData })
     }
 
     /// `bpf_{task,sk,inode,cgrp}_storage_delete(map, owner)`: `-ENOENT` when absent, `-EBUSY`

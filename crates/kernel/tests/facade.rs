@@ -162,3 +162,30 @@ fn recursive_helpers_meet_the_busy_counter() {
     // (The hook holds the kernel and the kernel the hook: a cycle this test leaves to exit.)
     clean(&k);
 }
+
+#[test]
+fn a_blocked_sleepable_program_keeps_a_deleted_element_alive() {
+    use std::sync::mpsc;
+    let k = Arc::new(Kernel::builder().build());
+    let map = k.map_create(MapType::Task, MapAttr::new(8)).unwrap();
+    let (_, task) = k.task_spawn();
+    k.map_update_elem(0, map, task, &[6; 8], BPF_ANY).unwrap();
+    let (got_tx, got_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let k2 = k.clone();
+    let prog = std::thread::spawn(move || {
+        k2.run_prog(1, true, |p| {
+            let v = p.storage_get(map, task, None, 0).unwrap();
+            got_tx.send(()).unwrap();
+            go_rx.recv().unwrap(); // blocked mid-section
+            v.read("sleepable program after the delete")
+        })
+    });
+    got_rx.recv().unwrap();
+    k.map_delete_elem(0, map, task).unwrap();
+    // Grace periods the program does not hold may pass meanwhile.
+    k.domains().rcu.synchronize();
+    go_tx.send(()).unwrap();
+    assert_eq!(prog.join().unwrap().unwrap(), vec![6; 8]);
+    clean(&k);
+}
