@@ -16,7 +16,7 @@ use bpfls_mem_alloc::{
 };
 use bpfls_rcu::{Domains, ReclaimPolicy};
 use bpfls_sync::atomic::{AtomicU64, Ordering};
-use bpfls_sync::probe::Probes;
+use bpfls_sync::probe::{Probes, WaitVerdict};
 use bpfls_sync::{Arc, SpinLock, untracked};
 use std::fmt;
 
@@ -426,10 +426,24 @@ fn take<'a, T>(
     acquire: &'static str,
     release: &'static str,
 ) -> Held<'a, T> {
-    if probes.is_attached() {
-        probes.hit(acquire, Some(cpu), &[]);
+    if !probes.is_attached() {
+        return Held { guard: Some(lock.lock()), probes, cpu, release };
     }
-    Held { guard: Some(lock.lock()), probes, cpu, release }
+    probes.hit(acquire, Some(cpu), &[]);
+    // With a hook attached (a stepped executor may have paused the holder on another logical
+    // CPU), a contended lock waits through the `lock_wait` probe instead of spinning, and an
+    // executor that finds every CPU waiting reports the deadlock (an AA recursion, bug zoo B3).
+    loop {
+        if let Some(g) = lock.try_lock() {
+            return Held { guard: Some(g), probes, cpu, release };
+        }
+        if probes.wait("lock_wait", Some(cpu), &[]) == WaitVerdict::Deadlock {
+            panic!(
+                "bpfls-local-storage: deadlock: CPU {cpu} waits for a lock ({acquire}) that \
+                 no runnable CPU will release"
+            );
+        }
+    }
 }
 
 impl LocalStorage {
