@@ -30,8 +30,10 @@
 //! ```
 
 mod owners;
+mod stepped;
 
 pub use owners::OwnerObj;
+pub use stepped::{CpuBody, RunReport, Schedule, Stepper};
 
 use bpfls_local_storage::flags::{BPF_LOCAL_STORAGE_GET_F_CREATE, BPF_NOEXIST};
 use bpfls_local_storage::{Errno, LocalStorage, MapAttr, SelemRef, Smap, TypeConfig};
@@ -76,6 +78,7 @@ pub struct KernelBuilder {
     optmem_max: u64,
     preempt_rt: bool,
     probes: bpfls_sync::probe::Probes,
+    stepper: Option<untracked::Arc<Stepper>>,
 }
 
 impl KernelBuilder {
@@ -105,14 +108,29 @@ impl KernelBuilder {
         KernelBuilder { probes, ..self }
     }
 
-    /// Builds the kernel (threaded mode).
+    /// Stepped mode: the grace periods move only when `stepper` steps them, the per-CPU
+    /// caches refill inline, and every probe point yields to `stepper` (this replaces
+    /// [`probes`](Self::probes)). Run the workload with [`Stepper::run`].
+    pub fn stepped(self, stepper: &untracked::Arc<Stepper>) -> Self {
+        let hook: untracked::Arc<dyn bpfls_sync::probe::ProbeHook> = stepper.clone();
+        KernelBuilder {
+            probes: bpfls_sync::probe::Probes::with_hook(hook),
+            stepper: Some(stepper.clone()),
+            ..self
+        }
+    }
+
+    /// Builds the kernel.
     pub fn build(self) -> Kernel {
         let cpus = self.cpus.max(1);
-        let domains = Arc::new(Domains::new(
-            cpus,
-            Config::threaded().with_backend(Backend::Threaded),
-            self.trace_implies_rcu,
-        ));
+        let rcu_config = match self.stepper {
+            Some(_) => Config::stepped().with_probes(self.probes.clone()),
+            None => Config::threaded().with_backend(Backend::Threaded),
+        };
+        let domains = Arc::new(Domains::new(cpus, rcu_config, self.trace_implies_rcu));
+        if let Some(stepper) = &self.stepper {
+            stepper.attach(domains.clone());
+        }
         let violations = Violations::new();
         let types = MapType::ALL.map(|t| {
             let bpf_ma = matches!(t, MapType::Task | MapType::Cgrp) || self.preempt_rt;
@@ -129,6 +147,7 @@ impl KernelBuilder {
                 probes: self.probes.clone(),
                 ..base
             };
+            let cfg = if self.stepper.is_some() { cfg.with_inline_refill() } else { cfg };
             LocalStorage::new(cfg, domains.clone(), violations.clone())
                 .expect("storage type configuration is valid")
         });
@@ -192,6 +211,7 @@ impl Kernel {
             optmem_max: 20480,
             preempt_rt: false,
             probes: bpfls_sync::probe::Probes::new(),
+            stepper: None,
         }
     }
 

@@ -200,5 +200,5 @@ pub mod untracked {
     pub use std::sync::Arc;
     pub use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
     /// A `Mutex` that loom does not track; never hold it across a facade operation.
-    pub use std::sync::{Mutex, MutexGuard, OnceLock, RwLock};
+    pub use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, RwLock};
 }
