@@ -79,6 +79,7 @@ pub struct KernelBuilder {
     preempt_rt: bool,
     probes: bpfls_sync::probe::Probes,
     stepper: Option<untracked::Arc<Stepper>>,
+    no_busy_counter: bool,
 }
 
 impl KernelBuilder {
@@ -120,6 +121,13 @@ impl KernelBuilder {
         }
     }
 
+    /// Mutation (bug zoo B3): remove the per-CPU busy counter, as before bc235cdb423a. A
+    /// tracing program that re-enters the helpers while the storage lock is held then
+    /// deadlocks; stepped mode reports it.
+    pub fn without_busy_counter(self) -> Self {
+        KernelBuilder { no_busy_counter: true, ..self }
+    }
+
     /// Builds the kernel.
     pub fn build(self) -> Kernel {
         let cpus = self.cpus.max(1);
@@ -158,6 +166,7 @@ impl KernelBuilder {
             violations,
             types,
             state: Mutex::new(State { fds: BTreeMap::new(), next_fd: 3, next_id: 1 }),
+            no_busy_counter: self.no_busy_counter,
             busy: [MapType::Task, MapType::Cgrp]
                 .map(|_| (0..cpus).map(|_| CachePadded::new(AtomicU32::new(0))).collect()),
         }
@@ -194,6 +203,8 @@ pub struct Kernel {
     state: Mutex<State>,
     /// `bpf_task_storage_busy` and `bpf_cgrp_storage_busy`: per-CPU recursion counters.
     busy: [Box<[CachePadded<AtomicU32>]>; 2],
+    /// [`KernelBuilder::without_busy_counter`].
+    no_busy_counter: bool,
 }
 
 impl fmt::Debug for Kernel {
@@ -212,6 +223,7 @@ impl Kernel {
             preempt_rt: false,
             probes: bpfls_sync::probe::Probes::new(),
             stepper: None,
+            no_busy_counter: false,
         }
     }
 
@@ -391,6 +403,9 @@ impl Kernel {
     // ----- recursion guard ----------------------------------------------------------------
 
     fn busy(&self, ty: MapType, cpu: u32) -> Option<&AtomicU32> {
+        if self.no_busy_counter {
+            return None;
+        }
         let i = match ty {
             MapType::Task => 0,
             MapType::Cgrp => 1,

@@ -59,6 +59,8 @@ pub struct Stepper {
     sched: Mutex<Sched>,
     cv: Condvar,
     domains: OnceLock<bpfls_sync::Arc<Domains>>,
+    /// Simulated tracing programs attached to the probe points (the fentry analogue).
+    tracer: Option<Arc<dyn ProbeHook>>,
 }
 
 impl fmt::Debug for Stepper {
@@ -84,6 +86,16 @@ pub type CpuBody = Box<dyn FnOnce() + Send>;
 impl Stepper {
     /// An executor with this schedule.
     pub fn new(schedule: Schedule) -> Arc<Self> {
+        Self::build(schedule, None)
+    }
+
+    /// An executor that also runs `tracer` at every probe point, on the CPU that passes it,
+    /// before scheduling: how tracing programs attach in stepped mode.
+    pub fn with_tracer(schedule: Schedule, tracer: Arc<dyn ProbeHook>) -> Arc<Self> {
+        Self::build(schedule, Some(tracer))
+    }
+
+    fn build(schedule: Schedule, tracer: Option<Arc<dyn ProbeHook>>) -> Arc<Self> {
         let rng = match schedule {
             Schedule::Random(seed) => seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
             Schedule::Script(_) => 1,
@@ -103,6 +115,7 @@ impl Stepper {
             }),
             cv: Condvar::new(),
             domains: OnceLock::new(),
+            tracer,
         })
     }
 
@@ -264,18 +277,20 @@ impl Stepper {
 
 impl ProbeHook for Stepper {
     fn hit(&self, e: &ProbeEvent<'_>) -> Verdict {
+        // The tracer runs first, unlocked: it may call back into the kernel and pass probes.
+        let verdict = self.tracer.as_ref().map_or(Verdict::Continue, |t| t.hit(e));
         let mut s = self.lock();
-        let Some(&me) = s.threads.get(&thread::current().id()) else { return Verdict::Continue };
+        let Some(&me) = s.threads.get(&thread::current().id()) else { return verdict };
         s.events.push((me, e.site));
         s.epoch += 1;
         if s.deadlock || s.driving {
-            return Verdict::Continue;
+            return verdict;
         }
         if let Some(next) = Self::choose(&mut s) {
             s.current = Some(next);
         }
         drop(self.wait_baton(s, me));
-        Verdict::Continue
+        verdict
     }
 
     fn wait(&self, e: &ProbeEvent<'_>) -> WaitVerdict {

@@ -5,7 +5,8 @@
 use bpfls_kernel::{CpuBody, Kernel, MapType, RunReport, Schedule, Stepper};
 use bpfls_local_storage::flags::BPF_ANY;
 use bpfls_local_storage::{Errno, MapAttr};
-use std::sync::{Arc, Mutex};
+use bpfls_sync::probe::{ProbeEvent, ProbeHook, Verdict};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// What one contended run did: the report, each CPU's syscall results, and what was left.
 type Outcome = (RunReport, Vec<Vec<Result<(), Errno>>>, Vec<Vec<u8>>);
@@ -112,4 +113,68 @@ fn waiting_for_your_own_grace_period_is_reported_as_a_deadlock() {
     let msg = report.results[0].as_ref().unwrap_err();
     assert!(msg.contains("can never"), "{msg}");
     assert!(report.results[1].is_ok());
+}
+
+/// A tracing program on the `selem_link` probe point (inside update, with the storage lock
+/// held) that deletes the same task's element on the same CPU: bug zoo B3's shape.
+#[derive(Default)]
+struct Reenter {
+    kernel: OnceLock<Arc<Kernel>>,
+    target: OnceLock<(i32, i32)>,
+    /// `Some(None)`: the nested delete started and has not returned.
+    result: Mutex<Option<Option<Result<(), Errno>>>>,
+}
+
+impl ProbeHook for Reenter {
+    fn hit(&self, e: &ProbeEvent<'_>) -> Verdict {
+        let (Some(k), Some(&(map, task))) = (self.kernel.get(), self.target.get()) else {
+            return Verdict::Continue;
+        };
+        if e.site != "selem_link" || self.result.lock().unwrap().is_some() {
+            return Verdict::Continue;
+        }
+        *self.result.lock().unwrap() = Some(None);
+        let r = k.run_prog_as(e.cpu.unwrap_or(0), false, true, |p| p.storage_delete(map, task));
+        *self.result.lock().unwrap() = Some(Some(r));
+        Verdict::Continue
+    }
+}
+
+fn reentrant_update(guard: bool) -> (RunReport, Option<Option<Result<(), Errno>>>) {
+    let tracer = Arc::new(Reenter::default());
+    let stepper = Stepper::with_tracer(Schedule::Random(1), tracer.clone());
+    let builder = Kernel::builder().cpus(2).stepped(&stepper);
+    let builder = if guard { builder } else { builder.without_busy_counter() };
+    let k = Arc::new(builder.build());
+    let _ = tracer.kernel.set(k.clone());
+    let map = k.map_create(MapType::Task, MapAttr::new(8)).unwrap();
+    let (_, task) = k.task_spawn();
+    k.map_update_elem(0, map, task, &[1; 8], BPF_ANY).unwrap();
+    let _ = tracer.target.set((map, task));
+    let kk = k.clone();
+    let bodies: Vec<CpuBody> = vec![
+        Box::new(move || kk.map_update_elem(0, map, task, &[2; 8], BPF_ANY).unwrap()),
+        Box::new(|| {}),
+    ];
+    let report = stepper.run(bodies);
+    let result = *tracer.result.lock().unwrap();
+    (report, result)
+}
+
+#[test]
+fn the_busy_counter_turns_a_reentrant_delete_into_ebusy() {
+    let (report, nested) = reentrant_update(true);
+    assert!(!report.deadlock, "{report:?}");
+    assert!(report.results.iter().all(Result::is_ok), "{:?}", report.results);
+    assert_eq!(nested, Some(Some(Err(Errno::EBUSY))), "the element exists: -EBUSY, not a deadlock");
+}
+
+#[test]
+fn without_the_busy_counter_a_reentrant_delete_is_an_aa_deadlock() {
+    // B3 before bc235cdb423a: the nested delete spins on the storage lock its own CPU holds.
+    let (report, nested) = reentrant_update(false);
+    assert!(report.deadlock, "{report:?}");
+    let msg = report.results[0].as_ref().unwrap_err();
+    assert!(msg.contains("deadlock") && msg.contains("storage_lock"), "{msg}");
+    assert_eq!(nested, Some(None), "the nested delete never returned");
 }

@@ -1063,7 +1063,12 @@ impl LocalStorage {
                         }
                         Ok(()) => {
                             // New into map, new into storage, old out of map, old out of
-                            // storage.
+                            // storage. The probe point sits where a tracing program attached
+                            // inside the storage code runs with S held (bug zoo B3).
+                            if self.inner.cfg.probes.is_attached() {
+                                let f = [("map", u64::from(smap.id))];
+                                self.inner.cfg.probes.hit("selem_link", Some(cpu), &f);
+                            }
                             self.link_map(cpu, smap, new.h);
                             self.link_storage(storage_h, storage, smap, new.h);
                             unused = None;

@@ -15,6 +15,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 fn flood(domain: &Domain, n: u64) {
     let invoked = Arc::new(AtomicU64::new(0));
     for i in 0..n {
+        // Four times during the flood, wait for a grace period to end, so that "grace periods
+        // flowed during the flood" holds on a loaded machine too, where the grace-period
+        // thread may not otherwise run before the flood ends.
+        if i > 0 && i % (n / 4).max(1) == 0 {
+            let seen = domain.stats().gp_completed;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while domain.stats().gp_completed == seen {
+                assert!(std::time::Instant::now() < deadline, "no grace period ended in 60 s");
+                std::thread::yield_now();
+            }
+        }
         let c = invoked.clone();
         domain.call_tagged(i, 32, move || {
             c.fetch_add(1, Ordering::Relaxed);
