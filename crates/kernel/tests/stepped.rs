@@ -178,3 +178,80 @@ fn without_the_busy_counter_a_reentrant_delete_is_an_aa_deadlock() {
     assert!(msg.contains("deadlock") && msg.contains("storage_lock"), "{msg}");
     assert_eq!(nested, Some(None), "the nested delete never returned");
 }
+
+/// Runs `a` on CPU 0 and `b` on CPU 1 under `script`; the two syscall results.
+fn two_cpus(
+    k: &Arc<Kernel>,
+    stepper: &Arc<Stepper>,
+    a: impl FnOnce(&Kernel) -> Result<(), Errno> + Send + 'static,
+    b: impl FnOnce(&Kernel) -> Result<(), Errno> + Send + 'static,
+) -> (RunReport, [Result<(), Errno>; 2]) {
+    let (o0, o1): (CpuLog, CpuLog) = (Arc::default(), Arc::default());
+    let (k0, k1, w0, w1) = (k.clone(), k.clone(), o0.clone(), o1.clone());
+    let bodies: Vec<CpuBody> = vec![
+        Box::new(move || {
+            let r = a(&k0);
+            w0.lock().unwrap().push(r);
+        }),
+        Box::new(move || {
+            let r = b(&k1);
+            w1.lock().unwrap().push(r);
+        }),
+    ];
+    let report = stepper.run(bodies);
+    assert!(!report.deadlock && report.results.iter().all(Result::is_ok), "{report:?}");
+    let r = [o0.lock().unwrap()[0], o1.lock().unwrap()[0]];
+    (report, r)
+}
+
+#[test]
+fn script_reproduces_r1_the_storage_allocation_race() {
+    // CPU 0 runs past its first probe point (`read_lock`) and stops at the second (allocating
+    // its selem: it has seen no storage, and its own is not yet published);
+    // CPU 1 creates the task's storage; CPU 0's compare-and-swap then loses: -EAGAIN.
+    let stepper = Stepper::new(Schedule::Script(vec![0, 1]));
+    let k = Arc::new(Kernel::builder().cpus(2).stepped(&stepper).build());
+    let map = k.map_create(MapType::Task, MapAttr::new(8)).unwrap();
+    let (_, task) = k.task_spawn();
+    let (report, r) = two_cpus(
+        &k,
+        &stepper,
+        move |k| k.map_update_elem(0, map, task, &[0; 8], BPF_ANY),
+        move |k| k.map_update_elem(1, map, task, &[1; 8], BPF_ANY),
+    );
+    assert_eq!(r, [Err(Errno::EAGAIN), Ok(())], "{:?}", report.events);
+    assert_eq!(k.map_lookup_elem(0, map, task).unwrap(), vec![1; 8]);
+    k.task_exit(task).unwrap();
+    k.close(map).unwrap();
+    assert_eq!(k.shutdown().unwrap(), 0);
+    assert!(k.violations().is_empty(), "{:?}", k.violations().snapshot());
+}
+
+#[test]
+fn script_reproduces_r2_update_meets_the_last_delete() {
+    // The task's storage holds one element (map A). CPU 0 adds an element of map B and stops
+    // at its second probe point (allocating, after finding the storage, before taking S); CPU 1 deletes the last
+    // element, which frees the storage; CPU 0 then finds the list empty under S: -EAGAIN.
+    let stepper = Stepper::new(Schedule::Script(vec![0, 1]));
+    let k = Arc::new(Kernel::builder().cpus(2).stepped(&stepper).build());
+    let (ma, mb) = (
+        k.map_create(MapType::Task, MapAttr::new(8)).unwrap(),
+        k.map_create(MapType::Task, MapAttr::new(8)).unwrap(),
+    );
+    let (_, task) = k.task_spawn();
+    k.map_update_elem(0, ma, task, &[7; 8], BPF_ANY).unwrap();
+    let (report, r) = two_cpus(
+        &k,
+        &stepper,
+        move |k| k.map_update_elem(0, mb, task, &[0; 8], BPF_ANY),
+        move |k| k.map_delete_elem(1, ma, task),
+    );
+    assert_eq!(r, [Err(Errno::EAGAIN), Ok(())], "{:?}", report.events);
+    assert_eq!(k.map_lookup_elem(0, mb, task), Err(Errno::ENOENT), "nothing half-linked");
+    k.map_update_elem(0, mb, task, &[3; 8], BPF_ANY).unwrap(); // a retry succeeds
+    k.task_exit(task).unwrap();
+    k.close(ma).unwrap();
+    k.close(mb).unwrap();
+    assert_eq!(k.shutdown().unwrap(), 0);
+    assert!(k.violations().is_empty(), "{:?}", k.violations().snapshot());
+}
