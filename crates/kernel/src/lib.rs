@@ -36,7 +36,7 @@ pub use owners::OwnerObj;
 pub use stepped::{CpuBody, RunReport, Schedule, Stepper};
 
 use bpfls_local_storage::flags::{BPF_LOCAL_STORAGE_GET_F_CREATE, BPF_NOEXIST};
-use bpfls_local_storage::{Errno, LocalStorage, MapAttr, SelemRef, Smap, TypeConfig};
+use bpfls_local_storage::{Errno, LocalStorage, MapAttr, Mutations, SelemRef, Smap, TypeConfig};
 use bpfls_mem_alloc::Violations;
 use bpfls_rcu::{Backend, Config, Domains};
 use bpfls_sync::atomic::{AtomicU32, Ordering};
@@ -80,6 +80,7 @@ pub struct KernelBuilder {
     probes: bpfls_sync::probe::Probes,
     stepper: Option<untracked::Arc<Stepper>>,
     no_busy_counter: bool,
+    mutations: Mutations,
 }
 
 impl KernelBuilder {
@@ -128,6 +129,12 @@ impl KernelBuilder {
         KernelBuilder { no_busy_counter: true, ..self }
     }
 
+    /// Re-introduced bugs of the storage core (bug zoo), for every storage type: for showing
+    /// that a checker or a schedule explorer catches them.
+    pub fn mutations(self, mutations: Mutations) -> Self {
+        KernelBuilder { mutations, ..self }
+    }
+
     /// Builds the kernel.
     pub fn build(self) -> Kernel {
         let cpus = self.cpus.max(1);
@@ -156,6 +163,7 @@ impl KernelBuilder {
                 ..base
             };
             let cfg = if self.stepper.is_some() { cfg.with_inline_refill() } else { cfg };
+            let cfg = cfg.with_mutations(self.mutations);
             LocalStorage::new(cfg, domains.clone(), violations.clone())
                 .expect("storage type configuration is valid")
         });
@@ -224,6 +232,7 @@ impl Kernel {
             probes: bpfls_sync::probe::Probes::new(),
             stepper: None,
             no_busy_counter: false,
+            mutations: Mutations::default(),
         }
     }
 
@@ -538,6 +547,33 @@ impl Kernel {
             let _g = self.domains.rcu.read_lock(cpu);
             f(&prog)
         }
+    }
+
+    /// The storage core's invariants (I4–I7, I9, I11, I13, I15) over every live owner; call
+    /// it at a quiescent point (no CPU running). Empty when all hold.
+    pub fn check_invariants(&self) -> Vec<String> {
+        let owners: Vec<Arc<OwnerObj>> = {
+            let state = self.state.lock();
+            let mut v: Vec<Arc<OwnerObj>> = Vec::new();
+            for obj in state.fds.values() {
+                if let FdObj::Owner(o) = obj
+                    && !v.iter().any(|x| Arc::ptr_eq(x, o))
+                {
+                    v.push(o.clone());
+                }
+            }
+            v
+        };
+        let mut out = Vec::new();
+        for ty in MapType::ALL {
+            let of_type: Vec<&dyn bpfls_local_storage::Owner> = owners
+                .iter()
+                .filter(|o| o.kind() == ty)
+                .map(|o| o.as_ref() as &dyn bpfls_local_storage::Owner)
+                .collect();
+            out.extend(self.storage(ty).check_invariants(&of_type));
+        }
+        out
     }
 
     /// Tears everything down: closes every fd (freeing maps, ending owners), waits for every

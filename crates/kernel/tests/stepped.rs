@@ -3,8 +3,8 @@
 #![cfg(not(any(loom, shuttle)))]
 
 use bpfls_kernel::{CpuBody, Kernel, MapType, RunReport, Schedule, Stepper};
-use bpfls_local_storage::flags::BPF_ANY;
-use bpfls_local_storage::{Errno, MapAttr};
+use bpfls_local_storage::flags::{BPF_ANY, BPF_LOCAL_STORAGE_GET_F_CREATE as F_CREATE};
+use bpfls_local_storage::{Errno, MapAttr, Mutations};
 use bpfls_sync::probe::{ProbeEvent, ProbeHook, Verdict};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -254,4 +254,68 @@ fn script_reproduces_r2_update_meets_the_last_delete() {
     k.close(mb).unwrap();
     assert_eq!(k.shutdown().unwrap(), 0);
     assert!(k.violations().is_empty(), "{:?}", k.violations().snapshot());
+}
+
+/// What the seeded explorer found in one run: invariant problems and checker violations.
+fn explore_once(seed: u64, mutations: Mutations) -> Vec<String> {
+    let stepper = Stepper::new(Schedule::Random(seed));
+    let k = Arc::new(Kernel::builder().cpus(2).stepped(&stepper).mutations(mutations).build());
+    let (ma, mb) = (
+        k.map_create(MapType::Task, MapAttr::new(8)).unwrap(),
+        k.map_create(MapType::Task, MapAttr::new(8)).unwrap(),
+    );
+    let (_, t1) = k.task_spawn();
+    let (_, t2) = k.task_spawn();
+    for (m, t) in [(ma, t1), (mb, t1), (ma, t2)] {
+        k.map_update_elem(0, m, t, &[1; 8], BPF_ANY).unwrap();
+    }
+    let (k0, k1) = (k.clone(), k.clone());
+    let bodies: Vec<CpuBody> = vec![
+        // Programs on CPU 0: read through the lookup cache, create, read again.
+        Box::new(move || {
+            k0.run_prog(0, false, |p| {
+                if let Some(v) = p.storage_get(ma, t1, None, 0) {
+                    let _ = v.read("explore: first read");
+                }
+            });
+            k0.run_prog(0, false, |p| {
+                if let Some(v) = p.storage_get(mb, t2, None, F_CREATE) {
+                    let _ = v.write("explore: create", &[2; 8]);
+                }
+            });
+            k0.run_prog(0, false, |p| {
+                if let Some(v) = p.storage_get(ma, t1, None, 0) {
+                    let _ = v.read("explore: second read");
+                }
+            });
+        }),
+        // Syscalls on CPU 1: delete, exit a task, free a map.
+        Box::new(move || {
+            let _ = k1.map_delete_elem(1, ma, t1);
+            k1.task_exit(t2).unwrap();
+            k1.close(mb).unwrap();
+        }),
+    ];
+    let report = stepper.run(bodies);
+    let mut found = k.check_invariants();
+    found.extend(report.results.iter().filter_map(|r| r.clone().err()));
+    found.extend(k.violations().snapshot().iter().map(|v| format!("{v:?}")));
+    found
+}
+
+#[test]
+fn a_thousand_seeds_find_no_violation_and_catch_the_removed_cache_recheck() {
+    for seed in 0..1000 {
+        let found = explore_once(seed, Mutations::default());
+        assert!(found.is_empty(), "seed {seed}: {found:?}");
+    }
+    // C8: without the recheck under S, a lookup racing with a delete caches an unlinked selem.
+    let mutated = Mutations { skip_cache_recheck: true, ..Mutations::default() };
+    let caught = (0..1000).find(|&seed| !explore_once(seed, mutated).is_empty());
+    let seed = caught.expect("no seed of 1000 caught the removed recheck");
+    // The stale slot shows as I6 (cache points at an unlinked selem) while the storage lives,
+    // or as I15 (storage freed with a slot set) once the map's free released the storage.
+    let found = explore_once(seed, mutated);
+    assert!(found.iter().any(|p| p.starts_with("I6:") || p.starts_with("I15:")), "{found:?}");
+    eprintln!("removed recheck caught first by seed {seed}: {found:?}");
 }
