@@ -250,11 +250,7 @@ impl Stepper {
             // The lock is released meanwhile, because a callback passes probe points.
             s.driving = true;
             drop(s);
-            let progressed = self.domains.get().is_some_and(|d| {
-                let moved = |x: Step| !matches!(x, Step::Idle | Step::Blocked { .. });
-                let tt = d.tasks_trace.advance();
-                moved(tt) || moved(d.rcu.advance())
-            });
+            let progressed = self.step_domains();
             s = self.lock();
             s.driving = false;
             if !progressed {
@@ -264,6 +260,15 @@ impl Stepper {
             }
             s.epoch += 1;
         }
+    }
+
+    /// One step of each grace-period domain (Tasks-Trace first); whether either moved.
+    fn step_domains(&self) -> bool {
+        self.domains.get().is_some_and(|d| {
+            let moved = |x: Step| !matches!(x, Step::Idle | Step::Blocked { .. });
+            let tt = d.tasks_trace.advance();
+            moved(tt) || moved(d.rcu.advance())
+        })
     }
 
     fn wait_baton<'a>(&'a self, mut s: MutexGuard<'a, Sched>, me: usize) -> MutexGuard<'a, Sched> {
@@ -298,11 +303,7 @@ impl ProbeHook for Stepper {
         let Some(&me) = s.threads.get(&thread::current().id()) else {
             // Not one of our CPUs (setup or teardown code): step the grace periods directly.
             drop(s);
-            let progressed = self.domains.get().is_some_and(|d| {
-                let moved = |x: Step| !matches!(x, Step::Idle | Step::Blocked { .. });
-                let tt = d.tasks_trace.advance();
-                moved(tt) || moved(d.rcu.advance())
-            });
+            let progressed = self.step_domains();
             return if progressed { WaitVerdict::Retry } else { WaitVerdict::Deadlock };
         };
         if s.deadlock {
