@@ -24,8 +24,8 @@
 //!     p.storage_get(map, pidfd, None, BPF_LOCAL_STORAGE_GET_F_CREATE).map(|s| s.read("prog").unwrap())
 //! });
 //! assert_eq!(v, Some(vec![7; 8]));
-//! k.task_exit(pidfd).unwrap();
-//! k.close(map).unwrap();
+//! k.task_exit(0, pidfd).unwrap();
+//! k.close(0, map).unwrap();
 //! assert_eq!(k.shutdown().unwrap(), 0);
 //! ```
 
@@ -181,6 +181,26 @@ impl KernelBuilder {
     }
 }
 
+/// A held map reference; see [`Kernel::hold_map`].
+struct MapHold<'k> {
+    k: &'k Kernel,
+    cpu: u32,
+    m: Arc<MapObj>,
+}
+
+impl std::ops::Deref for MapHold<'_> {
+    type Target = MapObj;
+    fn deref(&self) -> &MapObj {
+        &self.m
+    }
+}
+
+impl Drop for MapHold<'_> {
+    fn drop(&mut self) {
+        self.k.put_map(self.cpu, &self.m);
+    }
+}
+
 /// What an fd refers to.
 #[derive(Clone)]
 enum FdObj {
@@ -282,6 +302,36 @@ impl Kernel {
         }
     }
 
+    /// The map `fd` names, with a reference held until the returned value drops (the
+    /// syscall's `fdget`, a program's `used_maps`): a concurrent last `close` cannot free the
+    /// map under the operation; the operation's own drop frees it instead.
+    fn hold_map(&self, cpu: u32, fd: i32) -> Result<MapHold<'_>, Errno> {
+        let state = self.state.lock();
+        match state.fds.get(&fd) {
+            Some(FdObj::Map(m)) => {
+                // Under the state lock, so a `close` of this fd cannot drop the count to 0
+                // between the lookup and the increment.
+                m.refs.fetch_add(1, untracked::Ordering::Relaxed);
+                Ok(MapHold { k: self, cpu, m: m.clone() })
+            }
+            Some(FdObj::Owner(_)) => Err(Errno::EINVAL),
+            None => Err(Errno::EBADF),
+        }
+    }
+
+    /// Drops one reference to `m`; the last one frees the map on `cpu` (§2.8).
+    fn put_map(&self, cpu: u32, m: &MapObj) {
+        // ORDERING: AcqRel, the usual reference-count pairing: the last put sees every other
+        // reference holder's use of the map before it frees it.
+        if m.refs.fetch_sub(1, untracked::Ordering::AcqRel) == 1 {
+            // The cgroup type raises its busy counter around map_free (bug zoo B9).
+            let ty = m.ty;
+            self.guarded(ty, cpu, ty == MapType::Cgrp, || {
+                self.storage(ty).map_free(cpu, m.smap.clone());
+            });
+        }
+    }
+
     /// The owner an fd names for a map of type `ty` (pidfd, socket fd, inode fd, cgroup fd).
     fn owner_for(&self, ty: MapType, fd: i32) -> Result<Arc<OwnerObj>, Errno> {
         match self.fd(fd)? {
@@ -321,8 +371,9 @@ impl Kernel {
 
     /// Ends an owner: it becomes unreachable, then its storage is destroyed — after an RCU grace
     /// period for tasks (final put) and cgroups (css free), at once for sockets (last reference)
-    /// and inodes (evict). The fd is closed.
-    fn end_owner(&self, ty: MapType, fd: i32) -> Result<(), Errno> {
+    /// and inodes (evict). The fd is closed. `cpu` runs the destroy (process context).
+    fn end_owner(&self, cpu: u32, ty: MapType, fd: i32) -> Result<(), Errno> {
+        self.check_cpu(cpu)?;
         let owner = self.owner_for(ty, fd)?;
         if !owner.kill() {
             return Err(Errno::ENOENT);
@@ -331,29 +382,28 @@ impl Kernel {
         if owner.past_gp() {
             self.domains.rcu.synchronize();
         }
-        let cpu = 0;
         self.guarded(ty, cpu, true, || self.storage(ty).destroy(cpu, owner.as_ref()));
         Ok(())
     }
 
     /// Task exit and final put.
-    pub fn task_exit(&self, pidfd: i32) -> Result<(), Errno> {
-        self.end_owner(MapType::Task, pidfd)
+    pub fn task_exit(&self, cpu: u32, pidfd: i32) -> Result<(), Errno> {
+        self.end_owner(cpu, MapType::Task, pidfd)
     }
 
     /// Socket close (the last reference).
-    pub fn socket_close(&self, fd: i32) -> Result<(), Errno> {
-        self.end_owner(MapType::Sk, fd)
+    pub fn socket_close(&self, cpu: u32, fd: i32) -> Result<(), Errno> {
+        self.end_owner(cpu, MapType::Sk, fd)
     }
 
     /// Inode eviction.
-    pub fn inode_evict(&self, fd: i32) -> Result<(), Errno> {
-        self.end_owner(MapType::Inode, fd)
+    pub fn inode_evict(&self, cpu: u32, fd: i32) -> Result<(), Errno> {
+        self.end_owner(cpu, MapType::Inode, fd)
     }
 
     /// Cgroup `rmdir`.
-    pub fn cgroup_rmdir(&self, fd: i32) -> Result<(), Errno> {
-        self.end_owner(MapType::Cgrp, fd)
+    pub fn cgroup_rmdir(&self, cpu: u32, fd: i32) -> Result<(), Errno> {
+        self.end_owner(cpu, MapType::Cgrp, fd)
     }
 
     /// `accept()` on a listening socket: a new socket whose storage clones the parent's
@@ -365,7 +415,7 @@ impl Kernel {
         let child = self.owner_for(MapType::Sk, fd)?;
         let dyn_child: untracked::Arc<dyn bpfls_local_storage::Owner> = child.clone();
         if let Err(e) = self.storage(MapType::Sk).clone_storage(cpu, parent.as_ref(), &dyn_child) {
-            self.socket_close(fd)?;
+            self.socket_close(cpu, fd)?;
             return Err(e);
         }
         Ok((id, fd))
@@ -390,21 +440,13 @@ impl Kernel {
         Ok(self.new_fd(obj))
     }
 
-    /// `close(fd)`. The last reference to a map frees it (§2.8).
-    pub fn close(&self, fd: i32) -> Result<(), Errno> {
+    /// `close(fd)` on `cpu`. The last reference to a map frees it (§2.8), on that CPU (the
+    /// kernel defers it to a workqueue; the CPU is the one that work runs on).
+    pub fn close(&self, cpu: u32, fd: i32) -> Result<(), Errno> {
+        self.check_cpu(cpu)?;
         let obj = self.state.lock().fds.remove(&fd).ok_or(Errno::EBADF)?;
-        // ORDERING: AcqRel, the usual reference-count pairing: the last `close` sees every
-        // other reference holder's use of the map before it frees it.
-        if let FdObj::Map(m) = obj
-            && m.refs.fetch_sub(1, untracked::Ordering::AcqRel) == 1
-        {
-            let cpu = 0;
-            // The cgroup type raises its busy counter around map_free (bug zoo B9).
-            let ty = m.ty;
-            let guard_counter = ty == MapType::Cgrp;
-            self.guarded(ty, cpu, guard_counter, || {
-                self.storage(ty).map_free(cpu, m.smap.clone());
-            });
+        if let FdObj::Map(m) = obj {
+            self.put_map(cpu, &m);
         }
         Ok(())
     }
@@ -467,7 +509,7 @@ impl Kernel {
     /// `BPF_MAP_LOOKUP_ELEM` on `cpu`: the value of the owner `key_fd` names.
     pub fn map_lookup_elem(&self, cpu: u32, map_fd: i32, key_fd: i32) -> Result<Vec<u8>, Errno> {
         self.check_cpu(cpu)?;
-        let m = self.map(map_fd)?;
+        let m = self.hold_map(cpu, map_fd)?;
         let owner = self.owner_for(m.ty, key_fd)?;
         if !owner.alive() {
             return Err(Errno::ENOENT);
@@ -491,7 +533,7 @@ impl Kernel {
         flags: u64,
     ) -> Result<(), Errno> {
         self.check_cpu(cpu)?;
-        let m = self.map(map_fd)?;
+        let m = self.hold_map(cpu, map_fd)?;
         let owner = self.owner_for(m.ty, key_fd)?;
         if !owner.alive() {
             return Err(Errno::ENOENT);
@@ -507,7 +549,7 @@ impl Kernel {
     /// `BPF_MAP_DELETE_ELEM` on `cpu`.
     pub fn map_delete_elem(&self, cpu: u32, map_fd: i32, key_fd: i32) -> Result<(), Errno> {
         self.check_cpu(cpu)?;
-        let m = self.map(map_fd)?;
+        let m = self.hold_map(cpu, map_fd)?;
         let owner = self.owner_for(m.ty, key_fd)?;
         if !owner.alive() {
             return Err(Errno::ENOENT);
@@ -538,7 +580,9 @@ impl Kernel {
         recur: bool,
         f: impl FnOnce(&Prog<'_>) -> R,
     ) -> R {
-        let prog = Prog { k: self, cpu, recur };
+        // Declared before the read guard, so dropped after it: the maps the program used
+        // stay referenced until its section has ended, and a free they trigger runs outside.
+        let prog = Prog { k: self, cpu, recur, held: Default::default() };
         if sleepable {
             let task = self.domains.tasks_trace.register_task(self.new_id() | 1 << 63);
             let _g = self.domains.tasks_trace.read_lock(&task);
@@ -584,13 +628,13 @@ impl Kernel {
         for (fd, obj) in &fds {
             if let FdObj::Owner(o) = obj {
                 self.state.lock().fds.insert(*fd, obj.clone());
-                self.end_owner(o.kind(), *fd)?;
+                self.end_owner(0, o.kind(), *fd)?;
             }
         }
         for (fd, obj) in fds {
             if let FdObj::Map(_) = obj {
                 self.state.lock().fds.insert(fd, obj);
-                self.close(fd)?;
+                self.close(0, fd)?;
             }
         }
         let mut leaked = 0;
@@ -653,6 +697,8 @@ pub struct Prog<'k> {
     k: &'k Kernel,
     cpu: u32,
     recur: bool,
+    /// The maps the program used (its `used_maps`), released after its read section.
+    held: std::cell::RefCell<Vec<MapHold<'k>>>,
 }
 
 impl fmt::Debug for Prog<'_> {
@@ -661,7 +707,15 @@ impl fmt::Debug for Prog<'_> {
     }
 }
 
-impl Prog<'_> {
+impl<'k> Prog<'k> {
+    /// The map `map_fd` names, held until the program ends.
+    fn use_map(&self, map_fd: i32) -> Result<Arc<MapObj>, Errno> {
+        let hold = self.k.hold_map(self.cpu, map_fd)?;
+        let m = hold.m.clone();
+        self.held.borrow_mut().push(hold);
+        Ok(m)
+    }
+
     /// `bpf_{task,sk,inode,cgrp}_storage_get(map, owner, value, flags)`: the element, created
     /// with `value` (zeroed when `None`) under `BPF_LOCAL_STORAGE_GET_F_CREATE`. `None` for bad
     /// flags, a dead owner, a failed create, or (with the busy counter held on this CPU) a
@@ -674,7 +728,7 @@ impl Prog<'_> {
         flags: u64,
     ) -> Option<Value<'_>> {
         let k = self.k;
-        let m = k.map(map_fd).ok()?;
+        let m = self.use_map(map_fd).ok()?;
         if flags & !BPF_LOCAL_STORAGE_GET_F_CREATE != 0 {
             return None;
         }
@@ -711,7 +765,7 @@ impl Prog<'_> {
     /// cgroup: before looking).
     pub fn storage_delete(&self, map_fd: i32, owner_fd: i32) -> Result<(), Errno> {
         let k = self.k;
-        let m = k.map(map_fd)?;
+        let m = self.use_map(map_fd)?;
         let owner = k.owner_for(m.ty, owner_fd).map_err(|_| Errno::EINVAL)?;
         let ls = k.storage(m.ty);
         if !m.ty.has_busy_counter() {

@@ -34,8 +34,8 @@ fn syscalls_return_the_kernels_errors() {
     k.map_delete_elem(0, map, pidfd).unwrap();
     assert_eq!(k.map_delete_elem(0, map, pidfd), Err(Errno::ENOENT));
     assert_eq!(k.map_create(MapType::Sk, MapAttr::new(8).with_flags(0)), Err(Errno::EINVAL));
-    assert_eq!(k.close(12345), Err(Errno::EBADF));
-    k.task_exit(pidfd).unwrap();
+    assert_eq!(k.close(0, 12345), Err(Errno::EBADF));
+    k.task_exit(0, pidfd).unwrap();
     clean(&k);
 }
 
@@ -46,11 +46,11 @@ fn a_map_lives_until_its_last_fd_closes() {
     let second = k.dup(map).unwrap();
     let (_, cg) = k.cgroup_mkdir();
     k.map_update_elem(0, map, cg, &[5; 8], BPF_ANY).unwrap();
-    k.close(map).unwrap();
+    k.close(0, map).unwrap();
     assert_eq!(k.map_lookup_elem(0, second, cg).unwrap(), vec![5; 8], "still referenced");
-    k.close(second).unwrap();
+    k.close(0, second).unwrap();
     assert_eq!(k.storage(MapType::Cgrp).cache_idx_counts().iter().sum::<u64>(), 0, "map freed");
-    k.cgroup_rmdir(cg).unwrap();
+    k.cgroup_rmdir(0, cg).unwrap();
     clean(&k);
 }
 
@@ -67,9 +67,9 @@ fn socket_charges_return_to_zero_and_accept_clones_clone_maps() {
     let (_, child) = k.socket_accept(1, listener).unwrap();
     assert_eq!(k.map_lookup_elem(0, cloned, child).unwrap(), vec![1; 8]);
     assert_eq!(k.map_lookup_elem(0, plain, child), Err(Errno::ENOENT));
-    k.socket_close(listener).unwrap();
+    k.socket_close(0, listener).unwrap();
     assert_eq!(k.map_lookup_elem(0, plain, listener), Err(Errno::EBADF), "fd closed");
-    k.socket_close(child).unwrap();
+    k.socket_close(0, child).unwrap();
     clean(&k);
 }
 
@@ -107,7 +107,7 @@ fn helpers_create_zeroed_values_and_refuse_bad_input() {
         assert!(p.storage_get(map, ino, Some(&[4; 16]), F_CREATE).is_some());
     });
     assert_eq!(k.map_lookup_elem(1, map, ino).unwrap(), vec![4; 16]);
-    k.inode_evict(ino).unwrap();
+    k.inode_evict(0, ino).unwrap();
     k.run_prog(0, true, |p| {
         assert!(p.storage_get(map, ino, None, F_CREATE).is_none(), "evicted inode");
     });
@@ -187,5 +187,26 @@ fn a_blocked_sleepable_program_keeps_a_deleted_element_alive() {
     k.domains().rcu.synchronize();
     go_tx.send(()).unwrap();
     assert_eq!(prog.join().unwrap().unwrap(), vec![6; 8]);
+    clean(&k);
+}
+
+#[test]
+fn a_running_program_keeps_its_maps_past_the_last_close() {
+    // The program's used_maps reference: the last fd closes mid-program (from CPU 1), the
+    // value stays readable, and the map is freed when the program ends, outside its section.
+    let k = Kernel::builder().build();
+    let map = k.map_create(MapType::Task, MapAttr::new(8)).unwrap();
+    let (_, task) = k.task_spawn();
+    k.map_update_elem(0, map, task, &[4; 8], BPF_ANY).unwrap();
+    let freed_inside = k.run_prog(0, false, |p| {
+        let v = p.storage_get(map, task, None, 0).expect("present");
+        k.close(1, map).unwrap();
+        assert_eq!(v.read("after close").unwrap(), vec![4; 8]);
+        assert!(p.storage_get(map, task, None, 0).is_none(), "the fd is gone");
+        k.storage(MapType::Task).cache_idx_counts().iter().sum::<u64>() == 0
+    });
+    assert!(!freed_inside, "not freed while the program runs");
+    assert_eq!(k.storage(MapType::Task).cache_idx_counts().iter().sum::<u64>(), 0, "freed after");
+    k.task_exit(0, task).unwrap();
     clean(&k);
 }

@@ -60,7 +60,7 @@ fn workload(nth: u64, preempt_rt: bool) -> (usize, u64) {
     match k.socket_accept(0, sock) {
         Ok((_, child)) => {
             assert_eq!(k.map_lookup_elem(0, ms, child), k.map_lookup_elem(0, ms, sock));
-            k.socket_close(child).unwrap();
+            k.socket_close(0, child).unwrap();
         }
         Err(e) => {
             failed += 1;

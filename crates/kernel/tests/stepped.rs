@@ -56,9 +56,9 @@ fn contended_run(schedule: Schedule) -> Outcome {
             left.push(v);
         }
     }
-    k.task_exit(pidfd).unwrap();
+    k.task_exit(0, pidfd).unwrap();
     for m in maps {
-        k.close(m).unwrap();
+        k.close(0, m).unwrap();
     }
     assert_eq!(k.shutdown().unwrap(), 0);
     assert!(k.violations().is_empty(), "{:?}", k.violations().snapshot());
@@ -221,8 +221,8 @@ fn script_reproduces_r1_the_storage_allocation_race() {
     );
     assert_eq!(r, [Err(Errno::EAGAIN), Ok(())], "{:?}", report.events);
     assert_eq!(k.map_lookup_elem(0, map, task).unwrap(), vec![1; 8]);
-    k.task_exit(task).unwrap();
-    k.close(map).unwrap();
+    k.task_exit(0, task).unwrap();
+    k.close(0, map).unwrap();
     assert_eq!(k.shutdown().unwrap(), 0);
     assert!(k.violations().is_empty(), "{:?}", k.violations().snapshot());
 }
@@ -249,9 +249,9 @@ fn script_reproduces_r2_update_meets_the_last_delete() {
     assert_eq!(r, [Err(Errno::EAGAIN), Ok(())], "{:?}", report.events);
     assert_eq!(k.map_lookup_elem(0, mb, task), Err(Errno::ENOENT), "nothing half-linked");
     k.map_update_elem(0, mb, task, &[3; 8], BPF_ANY).unwrap(); // a retry succeeds
-    k.task_exit(task).unwrap();
-    k.close(ma).unwrap();
-    k.close(mb).unwrap();
+    k.task_exit(0, task).unwrap();
+    k.close(0, ma).unwrap();
+    k.close(0, mb).unwrap();
     assert_eq!(k.shutdown().unwrap(), 0);
     assert!(k.violations().is_empty(), "{:?}", k.violations().snapshot());
 }
@@ -292,8 +292,8 @@ fn explore_once(seed: u64, mutations: Mutations) -> Vec<String> {
         // Syscalls on CPU 1: delete, exit a task, free a map.
         Box::new(move || {
             let _ = k1.map_delete_elem(1, ma, t1);
-            k1.task_exit(t2).unwrap();
-            k1.close(mb).unwrap();
+            k1.task_exit(1, t2).unwrap();
+            k1.close(1, mb).unwrap();
         }),
     ];
     let report = stepper.run(bodies);
