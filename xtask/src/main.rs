@@ -26,7 +26,7 @@ const USAGE: &str = "\
 cargo xtask <SUBCOMMAND>
 
 SUBCOMMANDS:
-    ci                    fmt check, clippy, workspace tests, doc tests, tidy tests,
+    ci                    fmt check, clippy, workspace tests, doc tests, examples, tidy tests,
                           the loom models at preemption bound 2, then the shuttle models;
                           stops at the first failure
     loom [--deep] [--bless] [FILTER]
@@ -306,7 +306,7 @@ fn shell_quote(s: &str) -> String {
 
 fn ci() -> Result<()> {
     type StepFn = fn() -> Result<()>;
-    let steps: [(&str, StepFn); 7] = [
+    let steps: [(&str, StepFn); 8] = [
         ("fmt", || Cmd::cargo().args(["fmt", "--all", "--check"]).run("fmt")),
         ("clippy", || {
             Cmd::cargo()
@@ -324,6 +324,7 @@ fn ci() -> Result<()> {
         ("doctest", || {
             Cmd::cargo().args(["test", "--workspace", "--exclude", "xtask", "--doc"]).run("doctest")
         }),
+        ("examples", examples),
         ("tidy", || Cmd::cargo().args(["test", "-p", "xtask"]).run("tidy")),
         ("loom", || loom(&LoomFlags::default())),
         ("shuttle", shuttle),
@@ -364,7 +365,16 @@ fn find_loom_tests(root: &Path) -> Result<BTreeMap<String, Vec<String>>> {
 
 /// Every `crates/*/tests/<kind>_*.rs`, grouped by package (`kind` is `loom` or `shuttle`).
 fn find_model_tests(root: &Path, kind: &str) -> Result<BTreeMap<String, Vec<String>>> {
-    let prefix = format!("{kind}_");
+    find_crate_files(root, "tests", &format!("{kind}_"), kind)
+}
+
+/// The stems of every `crates/*/<subdir>/<prefix>*.rs`, grouped by package, for step `kind`.
+fn find_crate_files(
+    root: &Path,
+    subdir: &str,
+    prefix: &str,
+    kind: &str,
+) -> Result<BTreeMap<String, Vec<String>>> {
     let mut by_package: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let crates_dir = root.join("crates");
     let Ok(entries) = fs::read_dir(&crates_dir) else {
@@ -374,7 +384,7 @@ fn find_model_tests(root: &Path, kind: &str) -> Result<BTreeMap<String, Vec<Stri
         entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect();
     crate_dirs.sort();
     for crate_dir in crate_dirs {
-        let Ok(tests) = fs::read_dir(crate_dir.join("tests")) else {
+        let Ok(tests) = fs::read_dir(crate_dir.join(subdir)) else {
             continue;
         };
         let mut stems: Vec<String> = tests
@@ -382,7 +392,7 @@ fn find_model_tests(root: &Path, kind: &str) -> Result<BTreeMap<String, Vec<Stri
             .map(|e| e.path())
             .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "rs"))
             .filter_map(|p| p.file_stem().and_then(|s| s.to_str()).map(str::to_string))
-            .filter(|stem| stem.starts_with(&prefix))
+            .filter(|stem| stem.starts_with(prefix))
             .collect();
         if stems.is_empty() {
             continue;
@@ -400,13 +410,26 @@ fn find_model_tests(root: &Path, kind: &str) -> Result<BTreeMap<String, Vec<Stri
         })?;
         for stem in &stems {
             eprintln!(
-                "xtask {kind}: found crates/{}/tests/{stem}.rs ({package})",
+                "xtask {kind}: found crates/{}/{subdir}/{stem}.rs ({package})",
                 dir_name(&crate_dir)
             );
         }
         by_package.entry(package).or_default().extend(stems);
     }
     Ok(by_package)
+}
+
+/// Runs every `crates/*/examples/*.rs` (`cargo run --example`): an example that panics or
+/// asserts fails CI.
+fn examples() -> Result<()> {
+    for (package, names) in find_crate_files(&project_root(), "examples", "", "examples")? {
+        for name in names {
+            Cmd::cargo()
+                .args(["run", "-q", "-p", &package, "--example", &name])
+                .run(&format!("example {name}"))?;
+        }
+    }
+    Ok(())
 }
 
 fn dir_name(path: &Path) -> String {

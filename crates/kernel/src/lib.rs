@@ -406,6 +406,12 @@ impl Kernel {
         self.end_owner(cpu, MapType::Cgrp, fd)
     }
 
+    /// The bytes of local storage charged to a socket (`sk->sk_omem_alloc`'s share), which
+    /// `optmem_max` limits: `-EBADF` unless `fd` is a socket.
+    pub fn socket_charge(&self, fd: i32) -> Result<u64, Errno> {
+        Ok(self.owner_for(MapType::Sk, fd)?.charged_bytes())
+    }
+
     /// `accept()` on a listening socket: a new socket whose storage clones the parent's
     /// `BPF_F_CLONE` maps (§2.12). On a clone error the new socket is destroyed and the error
     /// returned.
