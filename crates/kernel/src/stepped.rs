@@ -29,6 +29,27 @@ pub enum Schedule {
     /// The CPUs to run at successive decision points; when the script runs out (or names a CPU
     /// that cannot run), the current CPU continues.
     Script(Vec<usize>),
+    /// PCT (probabilistic concurrency testing, Burckhardt et al. 2010): each CPU gets a random
+    /// priority and the highest-priority runnable CPU runs; at `depth - 1` random decision
+    /// points among the first `steps`, the running CPU drops below every other. A bug that
+    /// needs `depth` ordering constraints is found with probability at least
+    /// 1 / (cpus · steps^(depth-1)) per seed.
+    Pct {
+        /// Seeds the priorities and the change points.
+        seed: u64,
+        /// The bug depth aimed at (1: no priority changes).
+        depth: u32,
+        /// The expected number of decision points in a run (where change points fall).
+        steps: u64,
+    },
+}
+
+/// PCT's per-run state: priorities by CPU and the decision points that lower them.
+#[derive(Debug, Default)]
+struct Pct {
+    prio: Vec<u64>,
+    change_points: Vec<u64>,
+    step: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +64,7 @@ struct Sched {
     schedule: Schedule,
     rng: u64,
     script_pos: usize,
+    pct: Pct,
     current: Option<usize>,
     cpus: Vec<CpuState>,
     threads: HashMap<ThreadId, usize>,
@@ -97,7 +119,9 @@ impl Stepper {
 
     fn build(schedule: Schedule, tracer: Option<Arc<dyn ProbeHook>>) -> Arc<Self> {
         let rng = match schedule {
-            Schedule::Random(seed) => seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
+            Schedule::Random(seed) | Schedule::Pct { seed, .. } => {
+                seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1
+            }
             Schedule::Script(_) => 1,
         };
         Arc::new(Stepper {
@@ -105,6 +129,7 @@ impl Stepper {
                 schedule,
                 rng,
                 script_pos: 0,
+                pct: Pct::default(),
                 current: None,
                 cpus: Vec::new(),
                 threads: HashMap::new(),
@@ -135,6 +160,18 @@ impl Stepper {
         {
             let mut s = self.lock();
             s.cpus = vec![CpuState::Ready; n];
+            if let Schedule::Pct { depth, steps, .. } = s.schedule {
+                // Initial priorities: a random permutation of depth .. depth + n (all above the
+                // change points' 1 .. depth - 1).
+                let mut prio: Vec<u64> = (0..n as u64).map(|i| u64::from(depth) + i).collect();
+                for i in (1..n).rev() {
+                    let j = Self::next_random(&mut s) as usize % (i + 1);
+                    prio.swap(i, j);
+                }
+                let change_points =
+                    (1..depth).map(|_| 1 + Self::next_random(&mut s) % steps.max(1)).collect();
+                s.pct = Pct { prio, change_points, step: 0 };
+            }
             s.current = Some(0);
             s.events.clear();
             s.deadlock = false;
@@ -205,6 +242,18 @@ impl Stepper {
         }
         let pick = match &s.schedule {
             Schedule::Random(_) => ready[Self::next_random(s) as usize % ready.len()],
+            Schedule::Pct { depth, .. } => {
+                s.pct.step += 1;
+                let step = s.pct.step;
+                if let (Some(cur), Some(i)) =
+                    (s.current, s.pct.change_points.iter().position(|&c| c == step))
+                {
+                    // The i-th change point: below every initial priority and earlier points.
+                    s.pct.prio[cur] = u64::from(*depth) - 1 - i as u64;
+                }
+                let prio = &s.pct.prio;
+                *ready.iter().max_by_key(|&&c| prio[c]).expect("ready is not empty")
+            }
             Schedule::Script(script) => {
                 let want = script.get(s.script_pos).copied();
                 s.script_pos += 1;

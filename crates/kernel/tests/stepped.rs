@@ -319,3 +319,22 @@ fn a_thousand_seeds_find_no_violation_and_catch_the_removed_cache_recheck() {
     assert!(found.iter().any(|p| p.starts_with("I6:") || p.starts_with("I15:")), "{found:?}");
     eprintln!("removed recheck caught first by seed {seed}: {found:?}");
 }
+
+#[test]
+fn pct_depth_one_never_preempts_and_depth_two_finds_the_allocation_race() {
+    let eagain = |o: &Outcome| o.1.iter().flatten().filter(|r| **r == Err(Errno::EAGAIN)).count();
+    let steps = contended_run(Schedule::Random(0)).0.events.len() as u64;
+    let (mut deep, mut runs_deep) = (0, 0);
+    for seed in 0..32 {
+        let one = contended_run(Schedule::Pct { seed, depth: 1, steps });
+        assert!(one.0.results.iter().all(Result::is_ok), "{:?}", one.0.results);
+        assert_eq!(eagain(&one), 0, "depth 1 runs one CPU to its end: no race, seed {seed}");
+        let two = contended_run(Schedule::Pct { seed, depth: 2, steps });
+        assert_eq!(two, contended_run(Schedule::Pct { seed, depth: 2, steps }), "replays");
+        assert!(two.0.results.iter().all(Result::is_ok), "{:?}", two.0.results);
+        deep += eagain(&two);
+        runs_deep += usize::from(eagain(&two) > 0);
+    }
+    assert!(deep > 0, "one priority change point reaches R1/R2 for some seed");
+    eprintln!("PCT depth 2: {runs_deep} of 32 seeds lose a race ({deep} -EAGAIN)");
+}
