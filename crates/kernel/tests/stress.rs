@@ -69,8 +69,12 @@ fn stress_free(ty: MapType) {
             });
         }
         // The third CPU frees the maps and ends half of the owners meanwhile.
-        let (k, maps, owners, done) = (&k, &maps, &owners, &done);
+        let (k, maps, owners, done, oks) = (&k, &maps, &owners, &done, &oks);
         s.spawn(move || {
+            // Start once the workers are under way, so the frees land in the middle of them.
+            while oks.load(Ordering::Relaxed) < OWNERS as u64 {
+                std::thread::yield_now();
+            }
             for (i, &o) in owners.iter().enumerate().filter(|(i, _)| i % 2 == 1) {
                 end_owner(k, o).unwrap();
                 if i % 16 == 15 {
