@@ -171,22 +171,6 @@ fn pair(series: &[Vec<f64>], subject: usize, control: usize) -> Rounds {
     Rounds { subject: series[subject].clone(), control: series[control].clone() }
 }
 
-/// Bytes, printed with a readable unit.
-fn bytes(b: f64) -> String {
-    if b >= 1024.0 * 1024.0 {
-        format!("{:.2} MiB", b / (1024.0 * 1024.0))
-    } else if b >= 1024.0 {
-        format!("{:.1} KiB", b / 1024.0)
-    } else {
-        format!("{b:.1} B")
-    }
-}
-
-/// A deterministic LCG (Knuth's MMIX constants).
-fn lcg(x: u64) -> u64 {
-    x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407)
-}
-
 /// A value in `0..n` from the LCG's high bits (multiply-shift: no division).
 fn pick(x: u64, n: u64) -> u64 {
     ((x >> 32) * n) >> 32

@@ -93,17 +93,6 @@ const TABLE: Layout = Layout {
     verdicts: Verdicts::ItsControl,
 };
 
-/// Bytes, printed with a readable unit.
-fn bytes(b: f64) -> String {
-    if b >= 1024.0 * 1024.0 {
-        format!("{:.2} MiB", b / (1024.0 * 1024.0))
-    } else if b >= 1024.0 {
-        format!("{:.1} KiB", b / 1024.0)
-    } else {
-        format!("{b:.0} B")
-    }
-}
-
 // ----- shared set-up ----------------------------------------------------------------------
 
 /// A 2-CPU allocator of 64-byte units on threaded domains, with its account and collector.
@@ -412,11 +401,6 @@ fn alloc_retry(ma: &MemAlloc<Bytes>, run: &mut C7Run) -> Result<Handle, String> 
             Err(e) => return Err(format!("alloc(0) failed: {e}")),
         }
     }
-}
-
-/// A deterministic LCG (Knuth's MMIX constants); the high bits pick the element.
-fn lcg(x: u64) -> u64 {
-    x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407)
 }
 
 fn c7_run(way: FreeWay, reader: bool, seed: u64, errors: &mut Vec<String>) -> C7Run {

@@ -108,6 +108,22 @@ pub fn human(ns: f64) -> String {
     }
 }
 
+/// Bytes, printed with a readable unit.
+pub fn bytes(b: f64) -> String {
+    if b >= 1024.0 * 1024.0 {
+        format!("{:.2} MiB", b / (1024.0 * 1024.0))
+    } else if b >= 1024.0 {
+        format!("{:.1} KiB", b / 1024.0)
+    } else {
+        format!("{b:.1} B")
+    }
+}
+
+/// A deterministic LCG step (Knuth's MMIX constants); use the high bits.
+pub fn lcg(x: u64) -> u64 {
+    x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407)
+}
+
 // ----- watchdog ---------------------------------------------------------------------------
 
 /// The phase in progress and when it began; the watchdog thread exits the process when one
