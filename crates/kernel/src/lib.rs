@@ -602,22 +602,17 @@ impl Kernel {
     /// The storage core's invariants (I4–I7, I9, I11, I13, I15) over every live owner; call
     /// it at a quiescent point (no CPU running). Empty when all hold.
     pub fn check_invariants(&self) -> Vec<String> {
-        let owners: Vec<Arc<OwnerObj>> = {
-            let state = self.state.lock();
-            let mut v: Vec<Arc<OwnerObj>> = Vec::new();
-            for obj in state.fds.values() {
-                if let FdObj::Owner(o) = obj
-                    && !v.iter().any(|x| Arc::ptr_eq(x, o))
-                {
-                    v.push(o.clone());
-                }
-            }
-            v
-        };
+        // By owner id: a dup'd owner fd names its owner once.
+        let owners: BTreeMap<u64, Arc<OwnerObj>> = (self.state.lock().fds.values())
+            .filter_map(|obj| match obj {
+                FdObj::Owner(o) => Some((bpfls_local_storage::Owner::id(o.as_ref()), o.clone())),
+                FdObj::Map(_) => None,
+            })
+            .collect();
         let mut out = Vec::new();
         for ty in MapType::ALL {
             let of_type: Vec<&dyn bpfls_local_storage::Owner> = owners
-                .iter()
+                .values()
                 .filter(|o| o.kind() == ty)
                 .map(|o| o.as_ref() as &dyn bpfls_local_storage::Owner)
                 .collect();
@@ -714,11 +709,16 @@ impl fmt::Debug for Prog<'_> {
 }
 
 impl<'k> Prog<'k> {
-    /// The map `map_fd` names, held until the program ends.
+    /// The map `map_fd` names, held until the program ends (one reference per map, however
+    /// often the program uses it).
     fn use_map(&self, map_fd: i32) -> Result<Arc<MapObj>, Errno> {
         let hold = self.k.hold_map(self.cpu, map_fd)?;
         let m = hold.m.clone();
-        self.held.borrow_mut().push(hold);
+        let mut held = self.held.borrow_mut();
+        if !held.iter().any(|h| Arc::ptr_eq(&h.m, &m)) {
+            held.push(hold);
+        }
+        // Otherwise `hold` drops here; the program's earlier reference keeps the map alive.
         Ok(m)
     }
 
