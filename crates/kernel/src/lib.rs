@@ -4,10 +4,11 @@
 //! knows what a task, a socket, an inode, a cgroup or an fd is.
 //!
 //! **Work in progress** (issue 5): owners with their lifetimes (§1.6), the fd table, map
-//! creation and map lifetime through fd references (§2.8), the syscalls (§2.11) and the storage
-//! helpers with the bpf_ma-era busy counter are here, in threaded mode. Stepped execution, BPF
-//! programs attached to probe points, contexts (softirq / hardirq / NMI) and profiles other
-//! than bpf_ma are not yet.
+//! creation and map lifetime through references (fds, in-flight syscalls, running programs;
+//! §2.8), the syscalls (§2.11) and the storage helpers with the bpf_ma-era busy counter are
+//! here, in threaded mode and in stepped mode ([`Stepper`]: seeded, scripted or PCT schedules,
+//! tracing programs at probe points, deadlock reports). Contexts (softirq / hardirq / NMI) and
+//! profiles other than bpf_ma are not yet.
 //!
 //! ```
 //! use bpfls_kernel::{Kernel, MapType};
