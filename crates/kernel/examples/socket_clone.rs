@@ -5,7 +5,7 @@
 //! socket pays for its own storage out of `optmem_max` (the charge shown after each step), and
 //! the charge returns to zero when the socket closes.
 
-use bpfls_kernel::{Kernel, MapType};
+use bpfls_kernel::{Kernel, MapType, ResultExt};
 use bpfls_local_storage::flags::{BPF_ANY, MapFlags};
 use bpfls_local_storage::{Errno, MapAttr};
 
@@ -64,7 +64,7 @@ fn main() {
         "\n5. Closing the child destroys its storage at once (no grace period: the socket is gone)."
     );
     println!("   Its fd is closed: a lookup now gets {:?}.", Errno::EBADF);
-    assert_eq!(k.map_lookup_elem(0, session, child), Err(Errno::EBADF));
+    assert_eq!(k.map_lookup_elem(0, session, child).errno(), Err(Errno::EBADF));
 
     k.socket_close(0, listener).unwrap();
     k.close(0, session).unwrap();

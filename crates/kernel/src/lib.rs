@@ -30,9 +30,12 @@
 //! assert_eq!(k.shutdown().unwrap(), 0);
 //! ```
 
+pub mod btf;
+mod error;
 mod owners;
 mod stepped;
 
+pub use error::{Error, ResultExt};
 pub use owners::OwnerObj;
 pub use stepped::{CpuBody, RunReport, Schedule, Stepper};
 
@@ -68,6 +71,95 @@ impl MapType {
     /// Whether this type's helpers take the per-CPU busy counter (bpf_ma era: task, cgroup).
     fn has_busy_counter(self) -> bool {
         matches!(self, MapType::Task | MapType::Cgrp)
+    }
+
+    /// The owner kind's name in messages.
+    pub(crate) fn owner_name(self) -> &'static str {
+        match self {
+            MapType::Task => "task",
+            MapType::Sk => "socket",
+            MapType::Inode => "inode",
+            MapType::Cgrp => "cgroup",
+        }
+    }
+
+    /// What a syscall key of this type is called.
+    fn key_name(self) -> &'static str {
+        match self {
+            MapType::Task => "a pidfd",
+            MapType::Sk => "a socket fd",
+            MapType::Inode => "an inode's fd",
+            MapType::Cgrp => "a cgroup fd",
+        }
+    }
+}
+
+/// The context a program runs in on its CPU. Contexts nest: a softirq may interrupt a task, a
+/// hardirq a softirq, an NMI anything; in stepped mode a body placed in a higher context on a
+/// CPU runs to completion before the code it interrupted resumes ([`Stepper::run_placed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Context {
+    /// Process context (syscalls, LSM hooks, preemptible).
+    #[default]
+    Task,
+    /// Softirq (networking receive, timers).
+    Softirq,
+    /// Hardirq.
+    Hardirq,
+    /// NMI (perf events).
+    Nmi,
+}
+
+/// A program's type, as far as the storage helpers care: the verifier gives tracing programs
+/// (fentry, tp_btf, raw tracepoints, kprobes — anything that may run inside the storage code
+/// itself) the `_recur` / `_tracing` helper protos, and everything else the plain ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProgType {
+    /// `BPF_PROG_TYPE_TRACING` and the other tracing types: `_recur` / `_tracing` helpers.
+    Tracing,
+    /// `BPF_PROG_TYPE_LSM`: plain helpers.
+    Lsm,
+    /// An iterator (`BPF_TRACE_ITER`): plain helpers.
+    Iter,
+    /// `BPF_PROG_TYPE_SYSCALL`: plain helpers, sleepable.
+    Syscall,
+}
+
+/// How a program runs: its type, whether it is sleepable, and its context.
+///
+/// ```
+/// use bpfls_kernel::{Context, ProgSpec, ProgType};
+/// let spec = ProgSpec::new(ProgType::Tracing).in_context(Context::Nmi);
+/// assert!(!spec.sleepable);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ProgSpec {
+    /// The program type.
+    pub ty: ProgType,
+    /// Sleepable: runs under the Tasks-Trace read lock and may block; else under RCU.
+    pub sleepable: bool,
+    /// The context it runs in.
+    pub ctx: Context,
+}
+
+impl ProgSpec {
+    /// A non-sleepable program of type `ty` in task context.
+    pub fn new(ty: ProgType) -> Self {
+        ProgSpec { ty, sleepable: false, ctx: Context::Task }
+    }
+
+    /// The same, sleepable.
+    pub fn sleepable(self) -> Self {
+        ProgSpec { sleepable: true, ..self }
+    }
+
+    /// The same, in context `ctx`.
+    pub fn in_context(self, ctx: Context) -> Self {
+        ProgSpec { ctx, ..self }
+    }
+
+    fn recur(&self) -> bool {
+        self.ty == ProgType::Tracing
     }
 }
 
@@ -174,7 +266,12 @@ impl KernelBuilder {
             domains,
             violations,
             types,
-            state: Mutex::new(State { fds: BTreeMap::new(), next_fd: 3, next_id: 1 }),
+            state: Mutex::new(State {
+                fds: BTreeMap::new(),
+                owners: BTreeMap::new(),
+                next_fd: 3,
+                next_id: 1,
+            }),
             no_busy_counter: self.no_busy_counter,
             busy: [MapType::Task, MapType::Cgrp]
                 .map(|_| (0..cpus).map(|_| CachePadded::new(AtomicU32::new(0))).collect()),
@@ -218,6 +315,8 @@ struct MapObj {
 
 struct State {
     fds: BTreeMap<i32, FdObj>,
+    /// The live owners by id (an owner may outlive its fds).
+    owners: BTreeMap<u64, Arc<OwnerObj>>,
     next_fd: i32,
     next_id: u64,
 }
@@ -292,21 +391,19 @@ impl Kernel {
         id
     }
 
-    fn fd(&self, fd: i32) -> Result<FdObj, Errno> {
-        self.state.lock().fds.get(&fd).cloned().ok_or(Errno::EBADF)
-    }
-
-    fn map(&self, fd: i32) -> Result<Arc<MapObj>, Errno> {
-        match self.fd(fd)? {
-            FdObj::Map(m) => Ok(m),
-            FdObj::Owner(_) => Err(Errno::EINVAL),
-        }
+    fn fd(&self, fd: i32) -> Result<FdObj, Error> {
+        self.state
+            .lock()
+            .fds
+            .get(&fd)
+            .cloned()
+            .ok_or_else(|| Error::new(Errno::EBADF, format!("fd {fd} is not open")))
     }
 
     /// The map `fd` names, with a reference held until the returned value drops (the
     /// syscall's `fdget`, a program's `used_maps`): a concurrent last `close` cannot free the
     /// map under the operation; the operation's own drop frees it instead.
-    fn hold_map(&self, cpu: u32, fd: i32) -> Result<MapHold<'_>, Errno> {
+    fn hold_map(&self, cpu: u32, fd: i32) -> Result<MapHold<'_>, Error> {
         let state = self.state.lock();
         match state.fds.get(&fd) {
             Some(FdObj::Map(m)) => {
@@ -315,8 +412,10 @@ impl Kernel {
                 m.refs.fetch_add(1, untracked::Ordering::Relaxed);
                 Ok(MapHold { k: self, cpu, m: m.clone() })
             }
-            Some(FdObj::Owner(_)) => Err(Errno::EINVAL),
-            None => Err(Errno::EBADF),
+            Some(FdObj::Owner(o)) => {
+                Err(Error::new(Errno::EINVAL, format!("fd {fd} is not a map ({o})")))
+            }
+            None => Err(Error::new(Errno::EBADF, format!("fd {fd} is not open"))),
         }
     }
 
@@ -334,11 +433,41 @@ impl Kernel {
     }
 
     /// The owner an fd names for a map of type `ty` (pidfd, socket fd, inode fd, cgroup fd).
-    fn owner_for(&self, ty: MapType, fd: i32) -> Result<Arc<OwnerObj>, Errno> {
+    fn owner_for(&self, ty: MapType, fd: i32) -> Result<Arc<OwnerObj>, Error> {
         match self.fd(fd)? {
             FdObj::Owner(o) if o.kind() == ty => Ok(o),
-            _ => Err(Errno::EBADF),
+            _ => Err(Error::new(Errno::EBADF, format!("fd {fd} is not {}", ty.key_name()))),
         }
+    }
+
+    /// [`owner_for`](Self::owner_for), and `-ENOENT` when the owner is dead.
+    fn live_owner(&self, ty: MapType, fd: i32) -> Result<Arc<OwnerObj>, Error> {
+        let owner = self.owner_for(ty, fd)?;
+        if !owner.alive() {
+            return Err(Error::new(Errno::ENOENT, format!("{owner} is gone")));
+        }
+        Ok(owner)
+    }
+
+    /// The detail for an error the storage core returned for `owner` in the map of `map_fd`.
+    fn core_err(e: Errno, cpu: u32, map_fd: i32, owner: &OwnerObj) -> Error {
+        let detail = match e {
+            Errno::ENOENT => format!("no element for {owner} in map fd {map_fd}"),
+            Errno::EEXIST => format!("map fd {map_fd} already has an element for {owner}"),
+            Errno::EINVAL => {
+                format!("bad flags or value size for map fd {map_fd} (owner {owner})")
+            }
+            Errno::ENOMEM => format!(
+                "no memory or no charge left for a new element of {owner} in map fd {map_fd}"
+            ),
+            Errno::EAGAIN => {
+                format!("{owner}'s storage changed under the update of map fd {map_fd}; try again")
+            }
+            Errno::EBUSY => format!("the recursion guard is held on CPU {cpu}"),
+            Errno::EPERM => format!("not permitted in this context on CPU {cpu}"),
+            _ => format!("{owner} in map fd {map_fd}"),
+        };
+        Error::new(e, detail)
     }
 
     // ----- owners -----------------------------------------------------------------------------
@@ -347,6 +476,7 @@ impl Kernel {
         let id = self.new_id();
         let optmem = (ty == MapType::Sk).then_some(self.optmem_max);
         let owner = Arc::new(OwnerObj::new(ty, id, optmem));
+        self.state.lock().owners.insert(id, owner.clone());
         (id, self.new_fd(FdObj::Owner(owner)))
     }
 
@@ -370,60 +500,74 @@ impl Kernel {
         self.spawn_owner(MapType::Cgrp)
     }
 
-    /// Ends an owner: it becomes unreachable, then its storage is destroyed — after an RCU grace
-    /// period for tasks (final put) and cgroups (css free), at once for sockets (last reference)
-    /// and inodes (evict). The fd is closed. `cpu` runs the destroy (process context).
-    fn end_owner(&self, cpu: u32, ty: MapType, fd: i32) -> Result<(), Errno> {
+    /// Ends an owner: it is marked dead (no new storage: `-ENOENT` for syscalls, NULL for
+    /// helpers), then its storage is destroyed on `cpu` — after an RCU grace period for tasks
+    /// (final put) and cgroups (css free), at once for sockets (last reference) and inodes
+    /// (evict). A socket's and an inode's fd is closed with it; a pidfd and a cgroup fd stay
+    /// open (and name a dead owner) until closed.
+    fn end_owner(&self, cpu: u32, ty: MapType, fd: i32) -> Result<(), Error> {
         self.check_cpu(cpu)?;
         let owner = self.owner_for(ty, fd)?;
         if !owner.kill() {
-            return Err(Errno::ENOENT);
+            return Err(Error::new(Errno::ENOENT, format!("{owner} has already ended")));
         }
-        self.state.lock().fds.remove(&fd);
+        self.end_dead_owner(cpu, &owner, fd);
+        Ok(())
+    }
+
+    fn end_dead_owner(&self, cpu: u32, owner: &Arc<OwnerObj>, fd: i32) {
+        let ty = owner.kind();
+        {
+            let mut st = self.state.lock();
+            st.owners.remove(&bpfls_local_storage::Owner::id(owner.as_ref()));
+            if !owner.past_gp() {
+                st.fds.remove(&fd);
+            }
+        }
         if owner.past_gp() {
             self.domains.rcu.synchronize();
         }
         self.guarded(ty, cpu, true, || self.storage(ty).destroy(cpu, owner.as_ref()));
-        Ok(())
     }
 
-    /// Task exit and final put.
-    pub fn task_exit(&self, cpu: u32, pidfd: i32) -> Result<(), Errno> {
+    /// Task exit and final put. The pidfd stays open: syscalls through it get `-ENOENT`.
+    pub fn task_exit(&self, cpu: u32, pidfd: i32) -> Result<(), Error> {
         self.end_owner(cpu, MapType::Task, pidfd)
     }
 
     /// Socket close (the last reference).
-    pub fn socket_close(&self, cpu: u32, fd: i32) -> Result<(), Errno> {
+    pub fn socket_close(&self, cpu: u32, fd: i32) -> Result<(), Error> {
         self.end_owner(cpu, MapType::Sk, fd)
     }
 
     /// Inode eviction.
-    pub fn inode_evict(&self, cpu: u32, fd: i32) -> Result<(), Errno> {
+    pub fn inode_evict(&self, cpu: u32, fd: i32) -> Result<(), Error> {
         self.end_owner(cpu, MapType::Inode, fd)
     }
 
-    /// Cgroup `rmdir`.
-    pub fn cgroup_rmdir(&self, cpu: u32, fd: i32) -> Result<(), Errno> {
+    /// Cgroup `rmdir`. The cgroup fd stays open: syscalls through it get `-ENOENT`.
+    pub fn cgroup_rmdir(&self, cpu: u32, fd: i32) -> Result<(), Error> {
         self.end_owner(cpu, MapType::Cgrp, fd)
     }
 
     /// The bytes of local storage charged to a socket (`sk->sk_omem_alloc`'s share), which
     /// `optmem_max` limits: `-EBADF` unless `fd` is a socket.
-    pub fn socket_charge(&self, fd: i32) -> Result<u64, Errno> {
+    pub fn socket_charge(&self, fd: i32) -> Result<u64, Error> {
         Ok(self.owner_for(MapType::Sk, fd)?.charged_bytes())
     }
 
     /// `accept()` on a listening socket: a new socket whose storage clones the parent's
     /// `BPF_F_CLONE` maps (§2.12). On a clone error the new socket is destroyed and the error
     /// returned.
-    pub fn socket_accept(&self, cpu: u32, parent_fd: i32) -> Result<(u64, i32), Errno> {
-        let parent = self.owner_for(MapType::Sk, parent_fd)?;
+    pub fn socket_accept(&self, cpu: u32, parent_fd: i32) -> Result<(u64, i32), Error> {
+        self.check_cpu(cpu)?;
+        let parent = self.live_owner(MapType::Sk, parent_fd)?;
         let (id, fd) = self.socket_create();
         let child = self.owner_for(MapType::Sk, fd)?;
         let dyn_child: untracked::Arc<dyn bpfls_local_storage::Owner> = child.clone();
         if let Err(e) = self.storage(MapType::Sk).clone_storage(cpu, parent.as_ref(), &dyn_child) {
             self.socket_close(cpu, fd)?;
-            return Err(e);
+            return Err(Error::new(e, format!("cloning {parent}'s storage into {child} failed")));
         }
         Ok((id, fd))
     }
@@ -431,15 +575,44 @@ impl Kernel {
     // ----- maps and fds -------------------------------------------------------------------
 
     /// `BPF_MAP_CREATE` for a local-storage map type: the attribute checks of
-    /// `map_alloc_check` (and uptr only for task storage), then a map fd.
-    pub fn map_create(&self, ty: MapType, attr: MapAttr) -> Result<i32, Errno> {
-        let smap = self.storage(ty).map_create(attr)?;
+    /// `map_alloc_check`, then `map_check_btf` against the simulated [`btf`] (key an `int`,
+    /// value type of `value_size` bytes), then a map fd.
+    pub fn map_create(&self, ty: MapType, attr: MapAttr) -> Result<i32, Error> {
+        bpfls_local_storage::map::map_alloc_check_detail(&attr)
+            .map_err(|(e, why)| Error::new(e, format!("map_create: {why}")))?;
+        let inval = |why: String| Err(Error::new(Errno::EINVAL, format!("map_create: {why}")));
+        match btf::resolve(attr.btf_key_type_id) {
+            Some(btf::BtfType::Int(4)) => {}
+            other => {
+                return inval(format!(
+                    "BTF key type id {} ({other:?}) is not a 4-byte int",
+                    attr.btf_key_type_id
+                ));
+            }
+        }
+        match btf::resolve(attr.btf_value_type_id) {
+            Some(t) if t.size() == attr.value_size => {}
+            other => {
+                return inval(format!(
+                    "BTF value type id {} ({other:?}) does not have value_size {} bytes",
+                    attr.btf_value_type_id, attr.value_size
+                ));
+            }
+        }
+        let smap = self.storage(ty).map_create(attr).map_err(|e| {
+            let why = match e {
+                Errno::EOPNOTSUPP => "uptr fields are for task storage only".to_string(),
+                Errno::ENOMEM => "no memory, or too many maps of this type".to_string(),
+                _ => format!("the {} storage refused the map", ty.owner_name()),
+            };
+            Error::new(e, format!("map_create: {why}"))
+        })?;
         let map = Arc::new(MapObj { ty, smap, refs: untracked::AtomicU64::new(1) });
         Ok(self.new_fd(FdObj::Map(map)))
     }
 
-    /// Another fd for the same map (`dup`): one more reference.
-    pub fn dup(&self, fd: i32) -> Result<i32, Errno> {
+    /// Another fd for the same object (`dup`); for a map, one more reference.
+    pub fn dup(&self, fd: i32) -> Result<i32, Error> {
         let obj = self.fd(fd)?;
         if let FdObj::Map(m) = &obj {
             m.refs.fetch_add(1, untracked::Ordering::Relaxed);
@@ -448,10 +621,16 @@ impl Kernel {
     }
 
     /// `close(fd)` on `cpu`. The last reference to a map frees it (§2.8), on that CPU (the
-    /// kernel defers it to a workqueue; the CPU is the one that work runs on).
-    pub fn close(&self, cpu: u32, fd: i32) -> Result<(), Errno> {
+    /// kernel defers it to a workqueue; the CPU is the one that work runs on). Closing an
+    /// owner's fd does not end the owner.
+    pub fn close(&self, cpu: u32, fd: i32) -> Result<(), Error> {
         self.check_cpu(cpu)?;
-        let obj = self.state.lock().fds.remove(&fd).ok_or(Errno::EBADF)?;
+        let obj = self
+            .state
+            .lock()
+            .fds
+            .remove(&fd)
+            .ok_or_else(|| Error::new(Errno::EBADF, format!("fd {fd} is not open")))?;
         if let FdObj::Map(m) = obj {
             self.put_map(cpu, &m);
         }
@@ -507,25 +686,27 @@ impl Kernel {
         }
     }
 
-    fn check_cpu(&self, cpu: u32) -> Result<(), Errno> {
-        if cpu >= self.cpus { Err(Errno::EINVAL) } else { Ok(()) }
+    fn check_cpu(&self, cpu: u32) -> Result<(), Error> {
+        if cpu >= self.cpus {
+            Err(Error::new(Errno::EINVAL, format!("CPU {cpu} does not exist ({} CPUs)", self.cpus)))
+        } else {
+            Ok(())
+        }
     }
 
     // ----- syscalls ---------------------------------------------------------------------------
 
     /// `BPF_MAP_LOOKUP_ELEM` on `cpu`: the value of the owner `key_fd` names.
-    pub fn map_lookup_elem(&self, cpu: u32, map_fd: i32, key_fd: i32) -> Result<Vec<u8>, Errno> {
+    pub fn map_lookup_elem(&self, cpu: u32, map_fd: i32, key_fd: i32) -> Result<Vec<u8>, Error> {
         self.check_cpu(cpu)?;
         let m = self.hold_map(cpu, map_fd)?;
-        let owner = self.owner_for(m.ty, key_fd)?;
-        if !owner.alive() {
-            return Err(Errno::ENOENT);
-        }
+        let owner = self.live_owner(m.ty, key_fd)?;
         let ls = self.storage(m.ty);
         self.guarded(m.ty, cpu, true, || {
             let _rcu = self.domains.rcu.read_lock(cpu);
-            let s = ls.lookup(cpu, owner.as_ref(), &m.smap, true).ok_or(Errno::ENOENT)?;
-            s.read("syscall_lookup").map_err(|_| Errno::ENOENT)
+            let s = ls.lookup(cpu, owner.as_ref(), &m.smap, true);
+            s.and_then(|s| s.read("syscall_lookup").ok())
+                .ok_or_else(|| Self::core_err(Errno::ENOENT, cpu, map_fd, &owner))
         })
     }
 
@@ -538,48 +719,48 @@ impl Kernel {
         key_fd: i32,
         value: &[u8],
         flags: u64,
-    ) -> Result<(), Errno> {
+    ) -> Result<(), Error> {
         self.check_cpu(cpu)?;
         let m = self.hold_map(cpu, map_fd)?;
-        let owner = self.owner_for(m.ty, key_fd)?;
-        if !owner.alive() {
-            return Err(Errno::ENOENT);
-        }
+        let owner = self.live_owner(m.ty, key_fd)?;
         let dyn_owner: untracked::Arc<dyn bpfls_local_storage::Owner> = owner.clone();
         self.guarded(m.ty, cpu, true, || {
-            self.storage(m.ty)
-                .update(cpu, &dyn_owner, &m.smap, Some(value), flags, false)
-                .map(|_| ())
+            self.storage(m.ty).update(cpu, &dyn_owner, &m.smap, Some(value), flags, false)
         })
+        .map(|_| ())
+        .map_err(|e| Self::core_err(e, cpu, map_fd, &owner))
     }
 
     /// `BPF_MAP_DELETE_ELEM` on `cpu`.
-    pub fn map_delete_elem(&self, cpu: u32, map_fd: i32, key_fd: i32) -> Result<(), Errno> {
+    pub fn map_delete_elem(&self, cpu: u32, map_fd: i32, key_fd: i32) -> Result<(), Error> {
         self.check_cpu(cpu)?;
         let m = self.hold_map(cpu, map_fd)?;
-        let owner = self.owner_for(m.ty, key_fd)?;
-        if !owner.alive() {
-            return Err(Errno::ENOENT);
-        }
+        let owner = self.live_owner(m.ty, key_fd)?;
         self.guarded(m.ty, cpu, true, || self.storage(m.ty).delete(cpu, owner.as_ref(), &m.smap))
+            .map_err(|e| Self::core_err(e, cpu, map_fd, &owner))
     }
 
     /// `BPF_MAP_GET_NEXT_KEY`: not supported by local-storage maps.
-    pub fn map_get_next_key(&self, map_fd: i32) -> Result<(), Errno> {
-        self.map(map_fd)?;
-        Err(Errno::ENOTSUPP)
+    pub fn map_get_next_key(&self, map_fd: i32) -> Result<(), Error> {
+        drop(self.hold_map(0, map_fd)?);
+        Err(Error::new(
+            Errno::ENOTSUPP,
+            format!("map fd {map_fd}: local-storage maps cannot be iterated by key"),
+        ))
     }
 
     // ----- programs and helpers -----------------------------------------------------------
 
-    /// Runs a program body on `cpu`: inside an RCU read section (non-sleepable) or a
-    /// Tasks-Trace one (sleepable). Values the helpers return are valid until `f` returns.
+    /// Runs an LSM-like program (plain helpers) on `cpu` in task context: inside an RCU read
+    /// section (non-sleepable) or a Tasks-Trace one (sleepable). Values the helpers return
+    /// are valid until `f` returns. Panics on a CPU that does not exist; [`run`](Self::run)
+    /// returns an error instead.
     pub fn run_prog<R>(&self, cpu: u32, sleepable: bool, f: impl FnOnce(&Prog<'_>) -> R) -> R {
         self.run_prog_as(cpu, sleepable, false, f)
     }
 
-    /// Like [`run_prog`](Self::run_prog), for a program the verifier gives the `_recur`
-    /// helpers (a tracing program that may run inside the storage code).
+    /// Like [`run_prog`](Self::run_prog); `recur` makes it a tracing program (the `_recur`
+    /// helpers, for a program that may run inside the storage code).
     pub fn run_prog_as<R>(
         &self,
         cpu: u32,
@@ -587,33 +768,50 @@ impl Kernel {
         recur: bool,
         f: impl FnOnce(&Prog<'_>) -> R,
     ) -> R {
+        let spec = ProgSpec {
+            ty: if recur { ProgType::Tracing } else { ProgType::Lsm },
+            sleepable,
+            ctx: Context::Task,
+        };
+        self.run(cpu, spec, f).unwrap_or_else(|e| panic!("run_prog: {e}"))
+    }
+
+    /// Runs a program described by `spec` on `cpu`. `-EINVAL` for a CPU that does not exist
+    /// or a sleepable program outside task context.
+    pub fn run<R>(
+        &self,
+        cpu: u32,
+        spec: ProgSpec,
+        f: impl FnOnce(&Prog<'_>) -> R,
+    ) -> Result<R, Error> {
+        self.check_cpu(cpu)?;
+        if spec.sleepable && spec.ctx != Context::Task {
+            return Err(Error::new(
+                Errno::EINVAL,
+                format!("a sleepable program cannot run in {:?} context", spec.ctx),
+            ));
+        }
         // Declared before the read guard, so dropped after it: the maps the program used
         // stay referenced until its section has ended, and a free they trigger runs outside.
-        let prog = Prog { k: self, cpu, recur, held: Default::default() };
-        if sleepable {
+        let prog = Prog { k: self, cpu, spec, held: Default::default() };
+        Ok(if spec.sleepable {
             let task = self.domains.tasks_trace.register_task(self.new_id() | 1 << 63);
             let _g = self.domains.tasks_trace.read_lock(&task);
             f(&prog)
         } else {
             let _g = self.domains.rcu.read_lock(cpu);
             f(&prog)
-        }
+        })
     }
 
     /// The storage core's invariants (I4–I7, I9, I11, I13, I15) over every live owner; call
     /// it at a quiescent point (no CPU running). Empty when all hold.
     pub fn check_invariants(&self) -> Vec<String> {
-        // By owner id: a dup'd owner fd names its owner once.
-        let owners: BTreeMap<u64, Arc<OwnerObj>> = (self.state.lock().fds.values())
-            .filter_map(|obj| match obj {
-                FdObj::Owner(o) => Some((bpfls_local_storage::Owner::id(o.as_ref()), o.clone())),
-                FdObj::Map(_) => None,
-            })
-            .collect();
+        let owners: Vec<Arc<OwnerObj>> = self.state.lock().owners.values().cloned().collect();
         let mut out = Vec::new();
         for ty in MapType::ALL {
             let of_type: Vec<&dyn bpfls_local_storage::Owner> = owners
-                .values()
+                .iter()
                 .filter(|o| o.kind() == ty)
                 .map(|o| o.as_ref() as &dyn bpfls_local_storage::Owner)
                 .collect();
@@ -622,26 +820,28 @@ impl Kernel {
         out
     }
 
-    /// Tears everything down: closes every fd (freeing maps, ending owners), waits for every
-    /// pending free, and returns the number of leaked objects (also reported as violations).
-    pub fn shutdown(&self) -> Result<usize, Errno> {
-        let fds: Vec<(i32, FdObj)> =
-            std::mem::take(&mut self.state.lock().fds).into_iter().collect();
-        for (fd, obj) in &fds {
-            if let FdObj::Owner(o) = obj {
-                self.state.lock().fds.insert(*fd, obj.clone());
-                self.end_owner(0, o.kind(), *fd)?;
+    /// Tears everything down on CPU 0: ends every live owner, closes every fd (freeing the
+    /// maps), waits for every pending free, and returns the number of leaked objects (also
+    /// reported as violations).
+    pub fn shutdown(&self) -> Result<usize, Error> {
+        let owners: Vec<Arc<OwnerObj>> = self.state.lock().owners.values().cloned().collect();
+        for o in owners {
+            if o.kill() {
+                self.end_dead_owner(0, &o, -1);
             }
         }
-        for (fd, obj) in fds {
-            if let FdObj::Map(_) = obj {
-                self.state.lock().fds.insert(fd, obj);
-                self.close(0, fd)?;
-            }
+        let fds: Vec<i32> = self.state.lock().fds.keys().copied().collect();
+        for fd in fds {
+            self.close(0, fd)?;
         }
         let mut leaked = 0;
         for ty in MapType::ALL {
-            leaked += self.storage(ty).teardown().map_err(|_| Errno::EINVAL)?;
+            leaked += self.storage(ty).teardown().map_err(|e| {
+                Error::new(
+                    Errno::EBUSY,
+                    format!("tearing down the {} storage failed: {e}", ty.owner_name()),
+                )
+            })?;
         }
         Ok(leaked)
     }
@@ -694,25 +894,35 @@ impl Value<'_> {
     }
 }
 
-/// A running program: the CPU it runs on and its helpers.
+/// A running program: the CPU it runs on, how it runs, and its helpers.
 pub struct Prog<'k> {
     k: &'k Kernel,
     cpu: u32,
-    recur: bool,
+    spec: ProgSpec,
     /// The maps the program used (its `used_maps`), released after its read section.
     held: std::cell::RefCell<Vec<MapHold<'k>>>,
 }
 
 impl fmt::Debug for Prog<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Prog").field("cpu", &self.cpu).field("recur", &self.recur).finish()
+        f.debug_struct("Prog").field("cpu", &self.cpu).field("spec", &self.spec).finish()
     }
 }
 
 impl<'k> Prog<'k> {
+    /// The CPU the program runs on.
+    pub fn cpu(&self) -> u32 {
+        self.cpu
+    }
+
+    /// How the program runs.
+    pub fn spec(&self) -> ProgSpec {
+        self.spec
+    }
+
     /// The map `map_fd` names, held until the program ends (one reference per map, however
     /// often the program uses it).
-    fn use_map(&self, map_fd: i32) -> Result<Arc<MapObj>, Errno> {
+    fn use_map(&self, map_fd: i32) -> Result<Arc<MapObj>, Error> {
         let hold = self.k.hold_map(self.cpu, map_fd)?;
         let m = hold.m.clone();
         let mut held = self.held.borrow_mut();
@@ -723,10 +933,19 @@ impl<'k> Prog<'k> {
         Ok(m)
     }
 
+    /// `bpf_sk_storage_*_tracing` refuse hardirq and NMI context.
+    fn sk_tracing_refused(&self, ty: MapType) -> bool {
+        ty == MapType::Sk
+            && self.spec.recur()
+            && matches!(self.spec.ctx, Context::Hardirq | Context::Nmi)
+    }
+
     /// `bpf_{task,sk,inode,cgrp}_storage_get(map, owner, value, flags)`: the element, created
-    /// with `value` (zeroed when `None`) under `BPF_LOCAL_STORAGE_GET_F_CREATE`. `None` for bad
-    /// flags, a dead owner, a failed create, or (with the busy counter held on this CPU) a
-    /// create attempted from a recursive call.
+    /// with `value` (zeroed when `None`) under `BPF_LOCAL_STORAGE_GET_F_CREATE`. `None` (the
+    /// helper's NULL) for bad flags, a NULL owner (an fd that names no owner of the map's
+    /// type), a dead owner (no create on an exiting task or a closed socket), a failed
+    /// create, a create attempted while the busy counter is held on this CPU, and the sk
+    /// tracing variant in hardirq / NMI context.
     pub fn storage_get(
         &self,
         map_fd: i32,
@@ -736,14 +955,14 @@ impl<'k> Prog<'k> {
     ) -> Option<Value<'_>> {
         let k = self.k;
         let m = self.use_map(map_fd).ok()?;
-        if flags & !BPF_LOCAL_STORAGE_GET_F_CREATE != 0 {
+        if flags & !BPF_LOCAL_STORAGE_GET_F_CREATE != 0 || self.sk_tracing_refused(m.ty) {
             return None;
         }
         let owner = k.owner_for(m.ty, owner_fd).ok()?;
         let ls = k.storage(m.ty);
         // Plain helpers take the counter unconditionally; `_recur` ones (and cgroup's single
         // proto) only try, and without it neither cache nor create.
-        let trylock = self.recur || m.ty == MapType::Cgrp;
+        let trylock = self.spec.recur() || m.ty == MapType::Cgrp;
         let nobusy = if !m.ty.has_busy_counter() {
             true
         } else if trylock {
@@ -767,31 +986,46 @@ impl<'k> Prog<'k> {
         result.map(|sref| Value { sref, _prog: std::marker::PhantomData })
     }
 
-    /// `bpf_{task,sk,inode,cgrp}_storage_delete(map, owner)`: `-ENOENT` when absent, `-EBUSY`
-    /// when the recursion guard is held on this CPU (task `_recur`: only if the element exists;
-    /// cgroup: before looking).
-    pub fn storage_delete(&self, map_fd: i32, owner_fd: i32) -> Result<(), Errno> {
+    /// `bpf_{task,sk,inode,cgrp}_storage_delete(map, owner)`: `-EINVAL` for a NULL owner,
+    /// `-ENOENT` when absent or the owner is dead, `-EBUSY` when the recursion guard is held
+    /// on this CPU (task `_recur`: only if the element exists; cgroup: before looking),
+    /// `-EPERM` for the sk tracing variant in hardirq / NMI context.
+    pub fn storage_delete(&self, map_fd: i32, owner_fd: i32) -> Result<(), Error> {
         let k = self.k;
+        let cpu = self.cpu;
         let m = self.use_map(map_fd)?;
-        let owner = k.owner_for(m.ty, owner_fd).map_err(|_| Errno::EINVAL)?;
+        if self.sk_tracing_refused(m.ty) {
+            return Err(Error::new(
+                Errno::EPERM,
+                format!("bpf_sk_storage_delete_tracing in {:?} context", self.spec.ctx),
+            ));
+        }
+        let owner = k.owner_for(m.ty, owner_fd).map_err(|_| {
+            Error::new(Errno::EINVAL, format!("fd {owner_fd} names no {}", m.ty.owner_name()))
+        })?;
+        if m.ty == MapType::Sk && !owner.alive() {
+            // `refcount_inc_not_zero(&sk->sk_refcnt)` failed.
+            return Err(Error::new(Errno::ENOENT, format!("{owner} is closing")));
+        }
+        let err = |e| Kernel::core_err(e, cpu, map_fd, &owner);
         let ls = k.storage(m.ty);
         if !m.ty.has_busy_counter() {
-            return ls.delete(self.cpu, owner.as_ref(), &m.smap);
+            return ls.delete(cpu, owner.as_ref(), &m.smap).map_err(err);
         }
-        if m.ty == MapType::Cgrp || self.recur {
-            if !k.try_busy(m.ty, self.cpu) {
+        if m.ty == MapType::Cgrp || self.spec.recur() {
+            if !k.try_busy(m.ty, cpu) {
                 if m.ty == MapType::Cgrp {
-                    return Err(Errno::EBUSY);
+                    return Err(err(Errno::EBUSY));
                 }
-                return match ls.lookup(self.cpu, owner.as_ref(), &m.smap, false) {
-                    None => Err(Errno::ENOENT),
-                    Some(_) => Err(Errno::EBUSY),
+                return match ls.lookup(cpu, owner.as_ref(), &m.smap, false) {
+                    None => Err(err(Errno::ENOENT)),
+                    Some(_) => Err(err(Errno::EBUSY)),
                 };
             }
-            let r = ls.delete(self.cpu, owner.as_ref(), &m.smap);
-            k.unbusy(m.ty, self.cpu);
-            return r;
+            let r = ls.delete(cpu, owner.as_ref(), &m.smap);
+            k.unbusy(m.ty, cpu);
+            return r.map_err(err);
         }
-        k.guarded(m.ty, self.cpu, true, || ls.delete(self.cpu, owner.as_ref(), &m.smap))
+        k.guarded(m.ty, cpu, true, || ls.delete(cpu, owner.as_ref(), &m.smap)).map_err(err)
     }
 }

@@ -22,6 +22,12 @@ impl fmt::Debug for OwnerObj {
     }
 }
 
+impl fmt::Display for OwnerObj {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.kind.owner_name(), self.id)
+    }
+}
+
 impl OwnerObj {
     pub(crate) fn new(kind: MapType, id: u64, optmem_max: Option<u64>) -> Self {
         OwnerObj {

@@ -2,7 +2,7 @@
 //! values, map lifetime through fds, owner lifetimes, helpers, and the recursion guard.
 #![cfg(not(any(loom, shuttle)))]
 
-use bpfls_kernel::{Kernel, MapType};
+use bpfls_kernel::{Kernel, MapType, ResultExt};
 use bpfls_local_storage::flags::{
     BPF_ANY, BPF_EXIST, BPF_LOCAL_STORAGE_GET_F_CREATE as F_CREATE, BPF_NOEXIST, MapFlags,
 };
@@ -21,20 +21,23 @@ fn syscalls_return_the_kernels_errors() {
     let map = k.map_create(MapType::Task, MapAttr::new(8)).unwrap();
     let (_, pidfd) = k.task_spawn();
     let (_, sock) = k.socket_create();
-    assert_eq!(k.map_lookup_elem(0, 999, pidfd), Err(Errno::EBADF), "no such fd");
-    assert_eq!(k.map_lookup_elem(0, pidfd, pidfd), Err(Errno::EINVAL), "not a map");
-    assert_eq!(k.map_lookup_elem(0, map, sock), Err(Errno::EBADF), "not a pidfd");
-    assert_eq!(k.map_lookup_elem(0, map, pidfd), Err(Errno::ENOENT), "no element");
-    assert_eq!(k.map_update_elem(0, map, pidfd, &[1; 8], BPF_EXIST), Err(Errno::ENOENT));
+    assert_eq!(k.map_lookup_elem(0, 999, pidfd).errno(), Err(Errno::EBADF), "no such fd");
+    assert_eq!(k.map_lookup_elem(0, pidfd, pidfd).errno(), Err(Errno::EINVAL), "not a map");
+    assert_eq!(k.map_lookup_elem(0, map, sock).errno(), Err(Errno::EBADF), "not a pidfd");
+    assert_eq!(k.map_lookup_elem(0, map, pidfd).errno(), Err(Errno::ENOENT), "no element");
+    assert_eq!(k.map_update_elem(0, map, pidfd, &[1; 8], BPF_EXIST).errno(), Err(Errno::ENOENT));
     k.map_update_elem(0, map, pidfd, &[1; 8], BPF_NOEXIST).unwrap();
-    assert_eq!(k.map_update_elem(1, map, pidfd, &[2; 8], BPF_NOEXIST), Err(Errno::EEXIST));
-    assert_eq!(k.map_update_elem(1, map, pidfd, &[2; 4], BPF_ANY), Err(Errno::EINVAL));
+    assert_eq!(k.map_update_elem(1, map, pidfd, &[2; 8], BPF_NOEXIST).errno(), Err(Errno::EEXIST));
+    assert_eq!(k.map_update_elem(1, map, pidfd, &[2; 4], BPF_ANY).errno(), Err(Errno::EINVAL));
     assert_eq!(k.map_lookup_elem(1, map, pidfd).unwrap(), vec![1; 8]);
-    assert_eq!(k.map_get_next_key(map), Err(Errno::ENOTSUPP));
+    assert_eq!(k.map_get_next_key(map).errno(), Err(Errno::ENOTSUPP));
     k.map_delete_elem(0, map, pidfd).unwrap();
-    assert_eq!(k.map_delete_elem(0, map, pidfd), Err(Errno::ENOENT));
-    assert_eq!(k.map_create(MapType::Sk, MapAttr::new(8).with_flags(0)), Err(Errno::EINVAL));
-    assert_eq!(k.close(0, 12345), Err(Errno::EBADF));
+    assert_eq!(k.map_delete_elem(0, map, pidfd).errno(), Err(Errno::ENOENT));
+    assert_eq!(
+        k.map_create(MapType::Sk, MapAttr::new(8).with_flags(0)).errno(),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(k.close(0, 12345).errno(), Err(Errno::EBADF));
     k.task_exit(0, pidfd).unwrap();
     clean(&k);
 }
@@ -66,9 +69,9 @@ fn socket_charges_return_to_zero_and_accept_clones_clone_maps() {
     k.map_update_elem(0, plain, listener, &[3; 8], BPF_ANY).unwrap(); // replace
     let (_, child) = k.socket_accept(1, listener).unwrap();
     assert_eq!(k.map_lookup_elem(0, cloned, child).unwrap(), vec![1; 8]);
-    assert_eq!(k.map_lookup_elem(0, plain, child), Err(Errno::ENOENT));
+    assert_eq!(k.map_lookup_elem(0, plain, child).errno(), Err(Errno::ENOENT));
     k.socket_close(0, listener).unwrap();
-    assert_eq!(k.map_lookup_elem(0, plain, listener), Err(Errno::EBADF), "fd closed");
+    assert_eq!(k.map_lookup_elem(0, plain, listener).errno(), Err(Errno::EBADF), "fd closed");
     k.socket_close(0, child).unwrap();
     clean(&k);
 }
@@ -83,7 +86,7 @@ fn optmem_limit_refuses_the_element_that_would_exceed_it() {
     for m in &maps[..3] {
         k.map_update_elem(0, *m, sock, &[1; 8], BPF_ANY).unwrap();
     }
-    assert_eq!(k.map_update_elem(0, maps[3], sock, &[1; 8], BPF_ANY), Err(Errno::ENOMEM));
+    assert_eq!(k.map_update_elem(0, maps[3], sock, &[1; 8], BPF_ANY).errno(), Err(Errno::ENOMEM));
     for m in &maps[..3] {
         assert_eq!(k.map_lookup_elem(0, *m, sock).unwrap(), vec![1; 8], "intact");
     }
@@ -102,7 +105,7 @@ fn helpers_create_zeroed_values_and_refuse_bad_input() {
         assert_eq!(s.read("prog").unwrap(), vec![0; 16]);
         s.write("prog", &[9; 16]).unwrap();
         assert_eq!(p.storage_delete(map, ino), Ok(()));
-        assert_eq!(p.storage_delete(map, ino), Err(Errno::ENOENT));
+        assert_eq!(p.storage_delete(map, ino).errno(), Err(Errno::ENOENT));
         // Create, delete and create again inside one program.
         assert!(p.storage_get(map, ino, Some(&[4; 16]), F_CREATE).is_some());
     });
@@ -138,7 +141,7 @@ impl ProbeHook for Nested {
         let cpu = e.cpu.unwrap_or(0);
         k.run_prog_as(cpu, false, true, |p| {
             results.push(format!("get: {}", p.storage_get(map, task, None, F_CREATE).is_some()));
-            results.push(format!("delete: {:?}", p.storage_delete(map, task)));
+            results.push(format!("delete: {:?}", p.storage_delete(map, task).errno()));
         });
         Verdict::Continue
     }

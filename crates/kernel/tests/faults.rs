@@ -4,7 +4,7 @@
 //! when it fails, and the run ends with nothing leaked, no violation and no charge left.
 #![cfg(not(any(loom, shuttle)))]
 
-use bpfls_kernel::{Kernel, MapType};
+use bpfls_kernel::{Kernel, MapType, ResultExt};
 use bpfls_local_storage::flags::{BPF_ANY, BPF_LOCAL_STORAGE_GET_F_CREATE as F_CREATE, MapFlags};
 use bpfls_local_storage::{Errno, MapAttr};
 use bpfls_sync::probe::{FailNth, Probes};
@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 /// What a user can see: the values of the (map, owner) pairs, by syscall.
 fn visible(k: &Kernel, pairs: &[(i32, i32)]) -> Vec<Result<Vec<u8>, Errno>> {
-    pairs.iter().map(|&(m, o)| k.map_lookup_elem(0, m, o)).collect()
+    pairs.iter().map(|&(m, o)| k.map_lookup_elem(0, m, o).errno()).collect()
 }
 
 /// Runs the workload failing the `nth` slab allocation (0: none); returns how many of its
@@ -47,9 +47,9 @@ fn workload(nth: u64, preempt_rt: bool) -> (usize, u64) {
     for (m, o) in pairs {
         for v in [1u8, 2] {
             let before = visible(&k, &pairs);
-            check("update", k.map_update_elem(0, m, o, &[v; 8], BPF_ANY), before);
+            check("update", k.map_update_elem(0, m, o, &[v; 8], BPF_ANY).errno(), before);
         }
-        let r = k.map_delete_elem(1, m, o);
+        let r = k.map_delete_elem(1, m, o).errno();
         assert!(matches!(r, Ok(()) | Err(Errno::ENOENT)), "nth {nth}: delete: {r:?}");
         let after_delete = visible(&k, &pairs);
         // A program creating the element again: NULL on failure, and nothing changed.
@@ -59,7 +59,10 @@ fn workload(nth: u64, preempt_rt: bool) -> (usize, u64) {
     let before = visible(&k, &pairs);
     match k.socket_accept(0, sock) {
         Ok((_, child)) => {
-            assert_eq!(k.map_lookup_elem(0, ms, child), k.map_lookup_elem(0, ms, sock));
+            assert_eq!(
+                k.map_lookup_elem(0, ms, child).errno(),
+                k.map_lookup_elem(0, ms, sock).errno()
+            );
             k.socket_close(0, child).unwrap();
         }
         Err(e) => {

@@ -2,7 +2,7 @@
 //! deadlock (a CPU waiting for a grace period its own read-side section blocks) is reported.
 #![cfg(not(any(loom, shuttle)))]
 
-use bpfls_kernel::{CpuBody, Kernel, MapType, RunReport, Schedule, Stepper};
+use bpfls_kernel::{CpuBody, Kernel, MapType, ResultExt, RunReport, Schedule, Stepper};
 use bpfls_local_storage::flags::{BPF_ANY, BPF_LOCAL_STORAGE_GET_F_CREATE as F_CREATE};
 use bpfls_local_storage::{Errno, MapAttr, Mutations};
 use bpfls_sync::probe::{ProbeEvent, ProbeHook, Verdict};
@@ -34,15 +34,15 @@ fn contended_run(schedule: Schedule) -> Outcome {
                 for round in 0..3u8 {
                     for &m in &maps {
                         let v = [cpu as u8 * 10 + round; 8];
-                        let r = k.map_update_elem(cpu, m, pidfd, &v, BPF_ANY);
+                        let r = k.map_update_elem(cpu, m, pidfd, &v, BPF_ANY).errno();
                         assert!(matches!(r, Ok(()) | Err(Errno::EAGAIN)), "update: {r:?}");
                         out.push(r);
-                        let r = k.map_lookup_elem(cpu, m, pidfd).map(drop);
+                        let r = k.map_lookup_elem(cpu, m, pidfd).map(drop).errno();
                         assert!(matches!(r, Ok(()) | Err(Errno::ENOENT)), "lookup: {r:?}");
                         out.push(r);
                     }
                 }
-                let r = k.map_delete_elem(cpu, maps[cpu as usize], pidfd);
+                let r = k.map_delete_elem(cpu, maps[cpu as usize], pidfd).errno();
                 assert!(matches!(r, Ok(()) | Err(Errno::ENOENT)), "delete: {r:?}");
                 out.push(r);
             }) as CpuBody
@@ -134,7 +134,8 @@ impl ProbeHook for Reenter {
             return Verdict::Continue;
         }
         *self.result.lock().unwrap() = Some(None);
-        let r = k.run_prog_as(e.cpu.unwrap_or(0), false, true, |p| p.storage_delete(map, task));
+        let r =
+            k.run_prog_as(e.cpu.unwrap_or(0), false, true, |p| p.storage_delete(map, task).errno());
         *self.result.lock().unwrap() = Some(Some(r));
         Verdict::Continue
     }
@@ -216,8 +217,8 @@ fn script_reproduces_r1_the_storage_allocation_race() {
     let (report, r) = two_cpus(
         &k,
         &stepper,
-        move |k| k.map_update_elem(0, map, task, &[0; 8], BPF_ANY),
-        move |k| k.map_update_elem(1, map, task, &[1; 8], BPF_ANY),
+        move |k| k.map_update_elem(0, map, task, &[0; 8], BPF_ANY).errno(),
+        move |k| k.map_update_elem(1, map, task, &[1; 8], BPF_ANY).errno(),
     );
     assert_eq!(r, [Err(Errno::EAGAIN), Ok(())], "{:?}", report.events);
     assert_eq!(k.map_lookup_elem(0, map, task).unwrap(), vec![1; 8]);
@@ -243,11 +244,11 @@ fn script_reproduces_r2_update_meets_the_last_delete() {
     let (report, r) = two_cpus(
         &k,
         &stepper,
-        move |k| k.map_update_elem(0, mb, task, &[0; 8], BPF_ANY),
-        move |k| k.map_delete_elem(1, ma, task),
+        move |k| k.map_update_elem(0, mb, task, &[0; 8], BPF_ANY).errno(),
+        move |k| k.map_delete_elem(1, ma, task).errno(),
     );
     assert_eq!(r, [Err(Errno::EAGAIN), Ok(())], "{:?}", report.events);
-    assert_eq!(k.map_lookup_elem(0, mb, task), Err(Errno::ENOENT), "nothing half-linked");
+    assert_eq!(k.map_lookup_elem(0, mb, task).errno(), Err(Errno::ENOENT), "nothing half-linked");
     k.map_update_elem(0, mb, task, &[3; 8], BPF_ANY).unwrap(); // a retry succeeds
     k.task_exit(0, task).unwrap();
     k.close(0, ma).unwrap();

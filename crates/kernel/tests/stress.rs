@@ -3,7 +3,7 @@
 //! kernel can give; at the end the invariants hold, nothing leaked and no violation.
 #![cfg(not(any(loom, shuttle, miri)))]
 
-use bpfls_kernel::{Kernel, MapType};
+use bpfls_kernel::{Kernel, MapType, ResultExt};
 use bpfls_local_storage::flags::{BPF_ANY, BPF_LOCAL_STORAGE_GET_F_CREATE as F_CREATE};
 use bpfls_local_storage::{Errno, MapAttr};
 use std::sync::Arc;
@@ -41,7 +41,7 @@ fn stress_free(ty: MapType) {
                     round = round.wrapping_add(1);
                     for (i, &o) in owners.iter().enumerate() {
                         for &m in maps {
-                            let r = k.map_update_elem(cpu, m, o, &[round; 16], BPF_ANY);
+                            let r = k.map_update_elem(cpu, m, o, &[round; 16], BPF_ANY).errno();
                             // A closed map's fd: -EBADF; a dead owner: -EBADF/-ENOENT; the
                             // bpf_ma cache momentarily empty: -ENOMEM; races: -EAGAIN.
                             assert!(

@@ -22,5 +22,5 @@ mod owner;
 pub use checker::LockDiscipline;
 pub use errno::Errno;
 pub use local::{Allocator, LocalStorage, MAX_MAPS, Mutations, SelemRef, Smap, TypeConfig};
-pub use map::{CacheIdx, MapAttr, ValueLayout, map_alloc_check};
+pub use map::{CacheIdx, MapAttr, ValueLayout, btf, map_alloc_check};
 pub use owner::{BasicOwner, Optmem, Owner};

@@ -46,15 +46,16 @@ pub struct MapAttr {
 }
 
 impl MapAttr {
-    /// A valid attribute set for `value_size` bytes: key 4, `BPF_F_NO_PREALLOC`, BTF ids 1/2.
+    /// A valid attribute set for `value_size` bytes: key 4, `BPF_F_NO_PREALLOC`, BTF ids
+    /// [`btf::INT`] for the key and [`btf::char_array`]`(value_size)` for the value.
     pub fn new(value_size: u32) -> Self {
         MapAttr {
             key_size: 4,
             value_size,
             max_entries: 0,
             map_flags: MapFlags::NO_PREALLOC.bits(),
-            btf_key_type_id: 1,
-            btf_value_type_id: 2,
+            btf_key_type_id: btf::INT,
+            btf_value_type_id: btf::char_array(value_size),
             layout: ValueLayout::default(),
         }
     }
@@ -70,23 +71,66 @@ impl MapAttr {
     }
 }
 
+/// The type ids of the simulated BTF that [`MapAttr::new`] uses; the kernel facade resolves
+/// them (`bpfls_kernel::btf`). The storage core only requires them to be non-zero.
+pub mod btf {
+    /// `int` (4 bytes).
+    pub const INT: u32 = 1;
+    /// `long` (8 bytes).
+    pub const LONG: u32 = 2;
+    /// Ids above this are `char[id - CHAR_ARRAY_BASE]`.
+    pub const CHAR_ARRAY_BASE: u32 = 0x1_0000;
+
+    /// The id of `char[n]` (saturating for sizes no map accepts).
+    pub const fn char_array(n: u32) -> u32 {
+        CHAR_ARRAY_BASE.saturating_add(n)
+    }
+}
+
 /// `bpf_local_storage_map_alloc_check`, in the kernel's order: `-EINVAL` for unknown or
 /// missing flags, `max_entries != 0`, `key_size != 4`, `value_size == 0` or a missing BTF id;
 /// then `-E2BIG` for a value above [`MAX_VALUE_SIZE`].
 pub fn map_alloc_check(attr: &MapAttr) -> Result<(), Errno> {
+    map_alloc_check_detail(attr).map_err(|(e, _)| e)
+}
+
+/// [`map_alloc_check`] with the reason: which attribute is wrong.
+///
+/// ```
+/// use bpfls_local_storage::map::map_alloc_check_detail;
+/// use bpfls_local_storage::{Errno, MapAttr};
+/// let attr = MapAttr { key_size: 8, ..MapAttr::new(16) };
+/// assert_eq!(map_alloc_check_detail(&attr), Err((Errno::EINVAL, "key_size 8 is not 4".into())));
+/// ```
+pub fn map_alloc_check_detail(attr: &MapAttr) -> Result<(), (Errno, String)> {
     let known = MapFlags::NO_PREALLOC | MapFlags::CLONE;
-    if attr.map_flags & !known.bits() != 0
-        || attr.map_flags & MapFlags::NO_PREALLOC.bits() == 0
-        || attr.max_entries != 0
-        || attr.key_size != 4
-        || attr.value_size == 0
-        || attr.btf_key_type_id == 0
-        || attr.btf_value_type_id == 0
-    {
-        return Err(Errno::EINVAL);
+    let inval = |why: String| Err((Errno::EINVAL, why));
+    if attr.map_flags & !known.bits() != 0 {
+        return inval(format!(
+            "map_flags {:#x} has bits other than BPF_F_NO_PREALLOC | BPF_F_CLONE",
+            attr.map_flags
+        ));
+    }
+    if attr.map_flags & MapFlags::NO_PREALLOC.bits() == 0 {
+        return inval("map_flags lacks BPF_F_NO_PREALLOC".into());
+    }
+    if attr.max_entries != 0 {
+        return inval(format!("max_entries {} is not 0", attr.max_entries));
+    }
+    if attr.key_size != 4 {
+        return inval(format!("key_size {} is not 4", attr.key_size));
+    }
+    if attr.value_size == 0 {
+        return inval("value_size is 0".into());
+    }
+    if attr.btf_key_type_id == 0 || attr.btf_value_type_id == 0 {
+        return inval("BTF key and value type ids are required".into());
     }
     if attr.value_size > MAX_VALUE_SIZE {
-        return Err(Errno::E2BIG);
+        return Err((
+            Errno::E2BIG,
+            format!("value_size {} is above the limit {MAX_VALUE_SIZE}", attr.value_size),
+        ));
     }
     Ok(())
 }
