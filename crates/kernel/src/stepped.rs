@@ -13,12 +13,32 @@
 //! A waiting CPU is woken when anything happened since it started waiting (another CPU passed a
 //! probe point or finished, or a grace-period step moved), so a lock released by a finished
 //! holder is never mistaken for a deadlock.
+//!
+//! # Contexts
+//!
+//! [`Stepper::run`] gives each body a CPU of its own. [`Stepper::run_placed`] places bodies on
+//! kernel CPUs in a [`Context`], several per CPU, and keeps the kernel's nesting rules: code
+//! that interrupts (or preempts) a CPU runs to its end before what it interrupted resumes, so
+//! per-CPU state (the busy counter, the RCU reader nesting) sees strictly nested sections. A
+//! body may start on a CPU busy with another only if its context may interrupt the other's:
+//! an NMI interrupts anything but an NMI; otherwise interrupts must be enabled there (no
+//! storage or bucket lock held or being taken: the kernel takes them with
+//! `raw_spin_lock_irqsave`) and the context must be higher, or both task (preemption).
+//!
+//! # Deadlock reports
+//!
+//! The executor follows the storage and bucket locks through their probe points (each names
+//! its lock: the storage object's id, or the map and bucket index), so when every body is
+//! blocked the report says who waits for what, and the cycle: a body waiting for a lock it
+//! holds itself (AA recursion, bug zoo B3), for a lock held by a body it interrupted, or for a
+//! body that cannot resume until it finishes.
 
+use crate::Context;
 use bpfls_rcu::{Domains, Step};
 use bpfls_sync::probe::{ProbeEvent, ProbeHook, Verdict, WaitVerdict};
 use bpfls_sync::thread::{self, ThreadId};
 use bpfls_sync::untracked::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 /// How the next CPU is chosen at each probe point.
@@ -60,8 +80,59 @@ enum CpuState {
     Done,
 }
 
+/// A storage lock (`("storage", id)`) or a bucket lock (`("bucket", map, index)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct LockId(&'static str, u64, u64);
+
+impl LockId {
+    fn of(e: &ProbeEvent<'_>) -> Option<LockId> {
+        let field = |name| e.fields.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+        if e.site.starts_with("storage_lock") {
+            Some(LockId("storage", field("storage")?, 0))
+        } else if e.site.starts_with("bucket_lock") {
+            Some(LockId("bucket", field("map")?, field("bucket")?))
+        } else if e.site == "lock_wait" {
+            match field("storage") {
+                Some(id) if field("bucket") == Some(u64::MAX) => Some(LockId("storage", id, 0)),
+                _ => Some(LockId("bucket", field("map")?, field("bucket")?)),
+            }
+        } else {
+            None
+        }
+    }
+}
+
+impl fmt::Display for LockId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LockId("storage", id, _) => write!(f, "the storage lock of storage {id:#x}"),
+            LockId(_, map, bucket) => write!(f, "bucket {bucket}'s lock of map {map}"),
+        }
+    }
+}
+
+/// Where a body runs and what it holds.
+#[derive(Debug, Clone)]
+struct Body {
+    cpu: u32,
+    ctx: Context,
+    started: bool,
+    /// Storage and bucket locks held or being taken (interrupts are off while > 0).
+    irqoff: u32,
+    /// A lock whose acquire probe passed: held once the body passes another probe point.
+    taking: Option<LockId>,
+    /// The lock it waits for (`lock_wait`), or `None` with `waiting_gp` for a grace period.
+    waits_for: Option<LockId>,
+    waiting_gp: bool,
+}
+
 struct Sched {
     schedule: Schedule,
+    bodies: Vec<Body>,
+    /// Per kernel CPU, the started bodies not yet done, innermost last.
+    stacks: BTreeMap<u32, Vec<usize>>,
+    holders: BTreeMap<LockId, usize>,
+    wait_for: Vec<String>,
     rng: u64,
     script_pos: usize,
     pct: Pct,
@@ -96,10 +167,14 @@ impl fmt::Debug for Stepper {
 pub struct RunReport {
     /// Per CPU: `Ok` or the panic message (a deadlock report is one).
     pub results: Vec<Result<(), String>>,
-    /// The probe points passed, in order, with the CPU that passed each.
+    /// The probe points passed, in order, with the body that passed each; `body_start` and
+    /// `body_end` mark where each body began and finished.
     pub events: Vec<(usize, &'static str)>,
     /// Whether the run ended in a deadlock.
     pub deadlock: bool,
+    /// For a deadlock: what each blocked body waits for, then the wait-for cycle
+    /// (`cycle: body 1 -> body 1`). Empty otherwise.
+    pub wait_for: Vec<String>,
 }
 
 /// One logical CPU's work in [`Stepper::run`].
@@ -127,6 +202,10 @@ impl Stepper {
         Arc::new(Stepper {
             sched: Mutex::new(Sched {
                 schedule,
+                bodies: Vec::new(),
+                stacks: BTreeMap::new(),
+                holders: BTreeMap::new(),
+                wait_for: Vec::new(),
                 rng,
                 script_pos: 0,
                 pct: Pct::default(),
@@ -153,10 +232,38 @@ impl Stepper {
         self.sched.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs each closure as a logical CPU (CPU `i` runs `cpus[i]`), one at a time, CPU 0
-    /// first. Runs do not overlap: call it from one thread at a time.
+    /// Runs each closure as a logical CPU (CPU `i` runs `cpus[i]`, in task context), one at a
+    /// time, CPU 0 first. Runs do not overlap: call it from one thread at a time.
     pub fn run(self: &Arc<Self>, cpus: Vec<CpuBody>) -> RunReport {
-        let n = cpus.len();
+        let placed =
+            cpus.into_iter().enumerate().map(|(i, b)| (i as u32, Context::Task, b)).collect();
+        self.run_placed(placed)
+    }
+
+    /// Runs each body on a kernel CPU in a context (module docs, "Contexts"), one at a time,
+    /// body 0 first; the report's per-body entries follow the order of `bodies`. The body's
+    /// code must pass its CPU to the kernel calls it makes.
+    pub fn run_placed(self: &Arc<Self>, bodies: Vec<(u32, Context, CpuBody)>) -> RunReport {
+        let n = bodies.len();
+        let cpus: Vec<CpuBody> = {
+            let mut s = self.lock();
+            s.bodies = bodies
+                .iter()
+                .map(|(cpu, ctx, _)| Body {
+                    cpu: *cpu,
+                    ctx: *ctx,
+                    started: false,
+                    irqoff: 0,
+                    taking: None,
+                    waits_for: None,
+                    waiting_gp: false,
+                })
+                .collect();
+            s.stacks.clear();
+            s.holders.clear();
+            s.wait_for.clear();
+            bodies.into_iter().map(|(_, _, b)| b).collect()
+        };
         {
             let mut s = self.lock();
             s.cpus = vec![CpuState::Ready; n];
@@ -174,6 +281,9 @@ impl Stepper {
             }
             s.current = Some(0);
             s.events.clear();
+            if n > 0 {
+                Self::start(&mut s, 0);
+            }
             s.deadlock = false;
             s.driving = false;
         }
@@ -203,7 +313,122 @@ impl Stepper {
         s.threads.clear();
         s.cpus.clear();
         s.current = None;
-        RunReport { results, events: std::mem::take(&mut s.events), deadlock: s.deadlock }
+        RunReport {
+            results,
+            events: std::mem::take(&mut s.events),
+            deadlock: s.deadlock,
+            wait_for: std::mem::take(&mut s.wait_for),
+        }
+    }
+
+    /// Body `b` starts: it becomes the innermost code on its CPU.
+    fn start(s: &mut Sched, b: usize) {
+        s.events.push((b, "body_start"));
+        s.bodies[b].started = true;
+        let cpu = s.bodies[b].cpu;
+        s.stacks.entry(cpu).or_default().push(b);
+    }
+
+    /// Whether body `b` may run now: it is the innermost on its CPU, or it has not started
+    /// and may interrupt (or preempt) what runs there.
+    fn eligible(s: &Sched, b: usize) -> bool {
+        let body = &s.bodies[b];
+        let top = s.stacks.get(&body.cpu).and_then(|st| st.last().copied());
+        match top {
+            None => true,
+            Some(t) if body.started => t == b,
+            Some(t) => {
+                let (under, ctx) = (&s.bodies[t], body.ctx);
+                if ctx == Context::Nmi {
+                    under.ctx != Context::Nmi
+                } else {
+                    under.irqoff == 0
+                        && (ctx > under.ctx || (ctx == Context::Task && under.ctx == Context::Task))
+                }
+            }
+        }
+    }
+
+    /// Lock bookkeeping for a probe point `b` passed.
+    fn track_locks(s: &mut Sched, b: usize, e: &ProbeEvent<'_>) {
+        if e.site != "lock_wait"
+            && let Some(l) = s.bodies[b].taking.take()
+        {
+            s.holders.insert(l, b);
+        }
+        let lock = LockId::of(e);
+        let body = &mut s.bodies[b];
+        body.waits_for = None;
+        body.waiting_gp = false;
+        match e.site {
+            "storage_lock_acquire" | "bucket_lock_acquire" => {
+                body.irqoff += 1;
+                body.taking = lock;
+            }
+            "storage_lock_release" | "bucket_lock_release" => {
+                body.irqoff = body.irqoff.saturating_sub(1);
+                if let Some(l) = lock
+                    && s.holders.get(&l) == Some(&b)
+                {
+                    s.holders.remove(&l);
+                }
+            }
+            "lock_wait" => body.waits_for = lock,
+            "gp_wait" => body.waiting_gp = true,
+            _ => {}
+        }
+    }
+
+    fn describe(s: &Sched, b: usize) -> String {
+        let body = &s.bodies[b];
+        format!("body {b} (CPU {}, {:?})", body.cpu, body.ctx)
+    }
+
+    /// What each blocked body waits for, and the wait-for cycle through `from`.
+    fn wait_for_report(s: &Sched, from: usize) -> Vec<String> {
+        // The body `b` waits for: a lock holder, or the body that interrupted it.
+        let next = |b: usize| -> Option<usize> {
+            if let Some(l) = s.bodies[b].waits_for {
+                return s.holders.get(&l).copied();
+            }
+            let st = s.stacks.get(&s.bodies[b].cpu)?;
+            let pos = st.iter().position(|&x| x == b)?;
+            st.get(pos + 1).copied()
+        };
+        let mut out = Vec::new();
+        for b in 0..s.bodies.len() {
+            if s.cpus[b] == CpuState::Done || !s.bodies[b].started {
+                continue;
+            }
+            let body = &s.bodies[b];
+            let who = Self::describe(s, b);
+            let line = match (body.waits_for, next(b)) {
+                (Some(l), Some(h)) if h == b => format!("{who} waits for {l}, which it holds"),
+                (Some(l), Some(h)) => {
+                    format!("{who} waits for {l}, held by {}", Self::describe(s, h))
+                }
+                (Some(l), None) => format!("{who} waits for {l}, held by no body"),
+                (None, Some(t)) => {
+                    format!("{who} cannot resume until {} finishes", Self::describe(s, t))
+                }
+                (None, None) if body.waiting_gp => {
+                    format!("{who} waits for a grace period that cannot end")
+                }
+                (None, None) => format!("{who} is blocked"),
+            };
+            out.push(line);
+        }
+        let mut path = vec![from];
+        while let Some(n) = next(*path.last().expect("non-empty")) {
+            if let Some(i) = path.iter().position(|&x| x == n) {
+                let cycle: Vec<String> =
+                    path[i..].iter().chain([&n]).map(|b| format!("body {b}")).collect();
+                out.push(format!("cycle: {}", cycle.join(" -> ")));
+                break;
+            }
+            path.push(n);
+        }
+        out
     }
 
     fn enter(&self, cpu: usize) {
@@ -215,6 +440,11 @@ impl Stepper {
     fn leave(&self, cpu: usize) {
         let mut s = self.lock();
         s.cpus[cpu] = CpuState::Done;
+        s.events.push((cpu, "body_end"));
+        let on = s.bodies[cpu].cpu;
+        if let Some(st) = s.stacks.get_mut(&on) {
+            st.retain(|&b| b != cpu);
+        }
         s.epoch += 1;
         s.threads.remove(&thread::current().id());
         if s.current == Some(cpu) {
@@ -235,8 +465,9 @@ impl Stepper {
 
     /// Chooses who runs next (maybe the current CPU again); `None` when nobody is ready.
     fn choose(s: &mut Sched) -> Option<usize> {
-        let ready: Vec<usize> =
-            (0..s.cpus.len()).filter(|&i| s.cpus[i] == CpuState::Ready).collect();
+        let ready: Vec<usize> = (0..s.cpus.len())
+            .filter(|&i| s.cpus[i] == CpuState::Ready && Self::eligible(s, i))
+            .collect();
         if ready.is_empty() {
             return None;
         }
@@ -263,6 +494,9 @@ impl Stepper {
                 }
             }
         };
+        if !s.bodies[pick].started {
+            Self::start(s, pick);
+        }
         Some(pick)
     }
 
@@ -304,6 +538,7 @@ impl Stepper {
             s.driving = false;
             if !progressed {
                 s.deadlock = true;
+                s.wait_for = Self::wait_for_report(&s, me);
                 s.current = Some(me);
                 return s;
             }
@@ -335,6 +570,7 @@ impl ProbeHook for Stepper {
         let verdict = self.tracer.as_ref().map_or(Verdict::Continue, |t| t.hit(e));
         let mut s = self.lock();
         let Some(&me) = s.threads.get(&thread::current().id()) else { return verdict };
+        Self::track_locks(&mut s, me, e);
         s.events.push((me, e.site));
         s.epoch += 1;
         if s.deadlock || s.driving {
@@ -358,6 +594,7 @@ impl ProbeHook for Stepper {
         if s.deadlock {
             return WaitVerdict::Deadlock;
         }
+        Self::track_locks(&mut s, me, e);
         s.events.push((me, e.site));
         s.cpus[me] = CpuState::Waiting(s.epoch);
         let s = self.pick_next(s, me);

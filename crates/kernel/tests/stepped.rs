@@ -113,6 +113,11 @@ fn waiting_for_your_own_grace_period_is_reported_as_a_deadlock() {
     let msg = report.results[0].as_ref().unwrap_err();
     assert!(msg.contains("can never"), "{msg}");
     assert!(report.results[1].is_ok());
+    assert_eq!(
+        report.wait_for,
+        ["body 0 (CPU 0, Task) waits for a grace period that cannot end"],
+        "nothing else is blocked, and a grace period is not a body: no cycle"
+    );
 }
 
 /// A tracing program on the `selem_link` probe point (inside update, with the storage lock
@@ -178,6 +183,15 @@ fn without_the_busy_counter_a_reentrant_delete_is_an_aa_deadlock() {
     let msg = report.results[0].as_ref().unwrap_err();
     assert!(msg.contains("deadlock") && msg.contains("storage_lock"), "{msg}");
     assert_eq!(nested, Some(None), "the nested delete never returned");
+    // The wait-for cycle: CPU 0 waits for the storage lock it holds itself (AA).
+    assert_eq!(report.wait_for.len(), 2, "{:?}", report.wait_for);
+    assert!(
+        report.wait_for[0].starts_with("body 0 (CPU 0, Task) waits for the storage lock of")
+            && report.wait_for[0].ends_with("which it holds"),
+        "{:?}",
+        report.wait_for
+    );
+    assert_eq!(report.wait_for[1], "cycle: body 0 -> body 0");
 }
 
 /// Runs `a` on CPU 0 and `b` on CPU 1 under `script`; the two syscall results.

@@ -394,6 +394,9 @@ struct Held<'a, T> {
     probes: &'a Probes,
     cpu: u32,
     release: &'static str,
+    /// The lock's identity for the probes: `storage` (the storage object's id) for S, `map`
+    /// and `bucket` (index) for B. Never an address.
+    id: [(&'static str, u64); 2],
 }
 
 impl<T> std::ops::Deref for Held<'_, T> {
@@ -413,31 +416,33 @@ impl<T> Drop for Held<'_, T> {
     fn drop(&mut self) {
         drop(self.guard.take());
         if self.probes.is_attached() {
-            self.probes.hit(self.release, Some(self.cpu), &[]);
+            self.probes.hit(self.release, Some(self.cpu), &self.id);
         }
     }
 }
 
 /// Takes `lock`, passing `acquire` first (the probe sees the intent, then holds until release).
+/// `id` names the lock in the probe events (`acquire`, `lock_wait`, `release`), so a stepped
+/// executor can tell who holds what and report a wait-for cycle.
 fn take<'a, T>(
     probes: &'a Probes,
     cpu: u32,
     lock: &'a SpinLock<T>,
-    acquire: &'static str,
-    release: &'static str,
+    (acquire, release): (&'static str, &'static str),
+    id: [(&'static str, u64); 2],
 ) -> Held<'a, T> {
     if !probes.is_attached() {
-        return Held { guard: Some(lock.lock()), probes, cpu, release };
+        return Held { guard: Some(lock.lock()), probes, cpu, release, id };
     }
-    probes.hit(acquire, Some(cpu), &[]);
+    probes.hit(acquire, Some(cpu), &id);
     // With a hook attached (a stepped executor may have paused the holder on another logical
     // CPU), a contended lock waits through the `lock_wait` probe instead of spinning, and an
     // executor that finds every CPU waiting reports the deadlock (an AA recursion, bug zoo B3).
     loop {
         if let Some(g) = lock.try_lock() {
-            return Held { guard: Some(g), probes, cpu, release };
+            return Held { guard: Some(g), probes, cpu, release, id };
         }
-        if probes.wait("lock_wait", Some(cpu), &[]) == WaitVerdict::Deadlock {
+        if probes.wait("lock_wait", Some(cpu), &id) == WaitVerdict::Deadlock {
             panic!(
                 "bpfls-local-storage: deadlock: CPU {cpu} waits for a lock ({acquire}) that \
                  no runnable CPU will release"
@@ -549,12 +554,23 @@ impl LocalStorage {
         }
     }
 
-    fn lock_s<'a>(&'a self, cpu: u32, st: &'a Storage) -> Held<'a, Locked> {
-        take(&self.inner.cfg.probes, cpu, &st.lock, "storage_lock_acquire", "storage_lock_release")
+    /// Takes S of the storage `sh` names.
+    fn lock_s<'a>(&'a self, cpu: u32, sh: Handle, st: &'a Storage) -> Held<'a, Locked> {
+        let sites = ("storage_lock_acquire", "storage_lock_release");
+        let id = [("storage", sh.id()), ("bucket", u64::MAX)];
+        take(&self.inner.cfg.probes, cpu, &st.lock, sites, id)
     }
 
-    fn lock_b<'a>(&'a self, cpu: u32, b: &'a Bucket) -> Held<'a, ()> {
-        take(&self.inner.cfg.probes, cpu, &b.lock, "bucket_lock_acquire", "bucket_lock_release")
+    /// Takes B of bucket `b` of `smap`.
+    fn lock_b<'a>(&'a self, cpu: u32, smap: &Smap, b: &'a Bucket) -> Held<'a, ()> {
+        let sites = ("bucket_lock_acquire", "bucket_lock_release");
+        let index = if self.inner.cfg.probes.is_attached() {
+            smap.buckets.iter().position(|x| std::ptr::eq(x, b)).unwrap_or(usize::MAX)
+        } else {
+            0
+        };
+        let id = [("map", u64::from(smap.id)), ("bucket", index as u64)];
+        take(&self.inner.cfg.probes, cpu, &b.lock, sites, id)
     }
 
     /// Passes an allocation or free probe point (`selem_alloc`, `storage_alloc`, `selem_free`,
@@ -603,13 +619,14 @@ impl LocalStorage {
         cacheit: bool,
     ) -> Option<SelemRef> {
         let _rcu = self.inner.domains.rcu.read_lock(cpu);
-        let (_, storage) = self.storage_of(owner)?;
-        self.lookup_in(cpu, storage, smap, cacheit)
+        let (sh, storage) = self.storage_of(owner)?;
+        self.lookup_in(cpu, sh, storage, smap, cacheit)
     }
 
     fn lookup_in(
         &self,
         cpu: u32,
+        sh: Handle,
         storage: &Storage,
         smap: &Arc<Smap>,
         cacheit: bool,
@@ -653,7 +670,7 @@ impl LocalStorage {
             if probes.is_attached() {
                 probes.hit("lookup_cache_insert", Some(cpu), &[("map", u64::from(smap.id))]);
             }
-            let guard = self.lock_s(cpu, storage);
+            let guard = self.lock_s(cpu, sh, storage);
             if self.inner.cfg.mutations.skip_cache_recheck
                 || sel.storage_linked.load(Ordering::Relaxed)
             {
@@ -786,7 +803,7 @@ impl LocalStorage {
     fn link_map(&self, cpu: u32, smap: &Smap, h: Handle) {
         let sel = smap.selems.peek(h).expect("live selem");
         let b = self.bucket_of(smap, h);
-        let guard = self.lock_b(cpu, b);
+        let guard = self.lock_b(cpu, smap, b);
         let me = link(smap.id, h);
         let head = b.head.load(Ordering::Relaxed);
         sel.smap.store(u32::from(smap.id), Ordering::Relaxed);
@@ -811,7 +828,7 @@ impl LocalStorage {
             return;
         }
         let b = self.bucket_of(smap, h);
-        let guard = self.lock_b(cpu, b);
+        let guard = self.lock_b(cpu, smap, b);
         if sel.map_linked.load(Ordering::Relaxed) {
             // O(1) through `map_prev` (the kernel's `pprev`); our own `map_next` stays intact
             // so a walker standing on us goes on (`hlist_del_init_rcu`).
@@ -1011,7 +1028,7 @@ impl LocalStorage {
         let (storage_h, storage) = storage.expect("non-empty storage");
         if flags & BPF_F_LOCK != 0 && flags & !BPF_F_LOCK != BPF_NOEXIST {
             // The in-place fast path: no storage or bucket lock.
-            let old = self.lookup_in(cpu, storage, smap, false);
+            let old = self.lookup_in(cpu, storage_h, storage, smap, false);
             check_flags(old.is_some(), flags)?;
             if let Some(old) = old
                 && let Some(sel) = smap.selems.peek(old.h)
@@ -1036,7 +1053,7 @@ impl LocalStorage {
         let mut last = false;
         let creator = storage.smap.load(Ordering::Relaxed) != 0;
         let result = {
-            let mut locked = self.lock_s(cpu, storage);
+            let mut locked = self.lock_s(cpu, storage_h, storage);
             if under_lock
                 && let Ok(h) = self.selem_alloc(cpu, owner.as_ref(), smap, value, sleepable)
             {
@@ -1047,7 +1064,7 @@ impl LocalStorage {
                 // A concurrent delete removed the last element: the storage is going away.
                 Some(_) if storage.list_head.load(Ordering::Relaxed) == 0 => Err(Errno::EAGAIN),
                 Some(new) => {
-                    let old = self.lookup_in(cpu, storage, smap, false);
+                    let old = self.lookup_in(cpu, storage_h, storage, smap, false);
                     match check_flags(old.is_some(), flags) {
                         Err(e) => Err(e),
                         Ok(()) if old.is_some() && flags & BPF_F_LOCK != 0 => {
@@ -1161,7 +1178,7 @@ impl LocalStorage {
         let mut free = FreeList::new();
         let mut last = false;
         {
-            let mut locked = self.lock_s(cpu, storage);
+            let mut locked = self.lock_s(cpu, storage_h, storage);
             if sel.storage_linked.load(Ordering::Relaxed) {
                 last = self.unlink_storage_nolock(storage, &mut locked, s, &mut free, true);
             }
@@ -1192,7 +1209,7 @@ impl LocalStorage {
         let mut free = FreeList::new();
         let mut last = false;
         {
-            let mut locked = self.lock_s(cpu, storage);
+            let mut locked = self.lock_s(cpu, storage_h, storage);
             let mut cur = storage.list_head.load(Ordering::Relaxed);
             while cur != 0 {
                 let Some((m, h)) = self.resolve_any(cur) else { break };
