@@ -37,7 +37,7 @@ mod stepped;
 
 pub use error::{Error, ResultExt};
 pub use owners::OwnerObj;
-pub use stepped::{CpuBody, RunReport, Schedule, Stepper};
+pub use stepped::{Action, CpuBody, GRACE_PERIODS, GpDomain, RunReport, Schedule, Stepper};
 
 use bpfls_local_storage::flags::{BPF_LOCAL_STORAGE_GET_F_CREATE, BPF_NOEXIST};
 use bpfls_local_storage::{Errno, LocalStorage, MapAttr, Mutations, SelemRef, Smap, TypeConfig};
@@ -49,6 +49,19 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 /// The four local-storage map types.
+///
+/// ```
+/// # use bpfls_kernel::{Kernel, MapType};
+/// # use bpfls_local_storage::{Errno, MapAttr, flags::BPF_ANY};
+/// // The map type decides which fds are keys: an sk map takes socket fds, not pidfds.
+/// let k = Kernel::builder().build();
+/// let map = k.map_create(MapType::Sk, MapAttr::new(8)).unwrap();
+/// let (_, sock) = k.socket_create();
+/// let (_, pidfd) = k.task_spawn();
+/// assert!(k.map_update_elem(0, map, sock, &[1; 8], BPF_ANY).is_ok());
+/// let e = k.map_update_elem(0, map, pidfd, &[1; 8], BPF_ANY).unwrap_err();
+/// assert_eq!(e.to_string(), format!("EBADF (9): fd {pidfd} is not a socket fd"));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MapType {
     /// `BPF_MAP_TYPE_TASK_STORAGE`.
@@ -97,6 +110,16 @@ impl MapType {
 /// The context a program runs in on its CPU. Contexts nest: a softirq may interrupt a task, a
 /// hardirq a softirq, an NMI anything; in stepped mode a body placed in a higher context on a
 /// CPU runs to completion before the code it interrupted resumes ([`Stepper::run_placed`]).
+///
+/// ```
+/// # use bpfls_kernel::{Context, Kernel, ProgSpec, ProgType};
+/// assert!(Context::Task < Context::Softirq && Context::Hardirq < Context::Nmi);
+/// // Only task context may sleep.
+/// let k = Kernel::builder().build();
+/// let spec = ProgSpec::new(ProgType::Syscall).sleepable().in_context(Context::Softirq);
+/// let e = k.run(0, spec, |_| ()).unwrap_err();
+/// assert_eq!(e.detail(), "a sleepable program cannot run in Softirq context");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub enum Context {
     /// Process context (syscalls, LSM hooks, preemptible).
@@ -113,6 +136,21 @@ pub enum Context {
 /// A program's type, as far as the storage helpers care: the verifier gives tracing programs
 /// (fentry, tp_btf, raw tracepoints, kprobes — anything that may run inside the storage code
 /// itself) the `_recur` / `_tracing` helper protos, and everything else the plain ones.
+///
+/// ```
+/// # use bpfls_kernel::{Context, Kernel, MapType, ProgSpec, ProgType, ResultExt};
+/// # use bpfls_local_storage::{Errno, MapAttr};
+/// let k = Kernel::builder().build();
+/// let map = k.map_create(MapType::Sk, MapAttr::new(8)).unwrap();
+/// let (_, sock) = k.socket_create();
+/// let delete_in_nmi = |ty| {
+///     let spec = ProgSpec::new(ty).in_context(Context::Nmi);
+///     k.run(0, spec, |p| p.storage_delete(map, sock).errno()).unwrap()
+/// };
+/// // `bpf_sk_storage_delete_tracing` refuses NMI context; the plain helper looks, finds nothing.
+/// assert_eq!(delete_in_nmi(ProgType::Tracing), Err(Errno::EPERM));
+/// assert_eq!(delete_in_nmi(ProgType::Lsm), Err(Errno::ENOENT));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ProgType {
     /// `BPF_PROG_TYPE_TRACING` and the other tracing types: `_recur` / `_tracing` helpers.
@@ -144,16 +182,44 @@ pub struct ProgSpec {
 
 impl ProgSpec {
     /// A non-sleepable program of type `ty` in task context.
+    ///
+    /// ```
+    /// use bpfls_kernel::{Context, ProgSpec, ProgType};
+    /// let spec = ProgSpec::new(ProgType::Lsm);
+    /// assert_eq!(spec, ProgSpec { ty: ProgType::Lsm, sleepable: false, ctx: Context::Task });
+    /// ```
     pub fn new(ty: ProgType) -> Self {
         ProgSpec { ty, sleepable: false, ctx: Context::Task }
     }
 
     /// The same, sleepable.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Kernel, ProgSpec, ProgType};
+    /// // A sleepable program holds off Tasks-Trace grace periods, not RCU ones: an RCU grace
+    /// // period can end while it runs.
+    /// let k = Kernel::builder().build();
+    /// let spec = ProgSpec::new(ProgType::Syscall).sleepable();
+    /// let rcu_gp_ended = k.run(0, spec, |_| {
+    ///     let cookie = k.domains().rcu.get_state();
+    ///     k.domains().rcu.synchronize();
+    ///     k.domains().rcu.poll_state(cookie)
+    /// });
+    /// assert_eq!(rcu_gp_ended, Ok(true));
+    /// ```
     pub fn sleepable(self) -> Self {
         ProgSpec { sleepable: true, ..self }
     }
 
     /// The same, in context `ctx`.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Context, Kernel, ProgSpec, ProgType};
+    /// let k = Kernel::builder().build();
+    /// let spec = ProgSpec::new(ProgType::Tracing).in_context(Context::Hardirq);
+    /// assert_eq!(spec.ty, ProgType::Tracing, "the rest is kept");
+    /// assert_eq!(k.run(1, spec, |p| p.spec().ctx), Ok(Context::Hardirq));
+    /// ```
     pub fn in_context(self, ctx: Context) -> Self {
         ProgSpec { ctx, ..self }
     }
@@ -164,6 +230,13 @@ impl ProgSpec {
 }
 
 /// How a [`Kernel`] is built.
+///
+/// ```
+/// use bpfls_kernel::Kernel;
+/// let k = Kernel::builder().cpus(4).optmem_max(1 << 16).trace_implies_rcu(false).build();
+/// assert_eq!(k.cpus(), 4);
+/// assert!(!k.domains().trace_implies_rcu());
+/// ```
 #[derive(Debug, Clone)]
 pub struct KernelBuilder {
     cpus: u32,
@@ -178,27 +251,80 @@ pub struct KernelBuilder {
 
 impl KernelBuilder {
     /// Logical CPUs (default 2).
+    ///
+    /// ```
+    /// # use bpfls_kernel::Kernel;
+    /// let k = Kernel::builder().cpus(4).build();
+    /// assert_eq!(k.cpus(), 4);
+    /// assert_eq!(k.close(4, 3).unwrap_err().detail(), "CPU 4 does not exist (4 CPUs)");
+    /// assert_eq!(Kernel::builder().cpus(0).build().cpus(), 1, "at least one");
+    /// ```
     pub fn cpus(self, cpus: u32) -> Self {
         KernelBuilder { cpus, ..self }
     }
 
     /// `rcu_trace_implies_rcu_gp()` (default true).
+    ///
+    /// ```
+    /// # use bpfls_kernel::Kernel;
+    /// assert!(Kernel::builder().build().domains().trace_implies_rcu());
+    /// let k = Kernel::builder().trace_implies_rcu(false).build();
+    /// // Frees after a Tasks-Trace grace period now wait for an RCU one as well.
+    /// assert!(!k.domains().trace_implies_rcu());
+    /// ```
     pub fn trace_implies_rcu(self, trace_implies_rcu: bool) -> Self {
         KernelBuilder { trace_implies_rcu, ..self }
     }
 
     /// The sockets' `optmem_max` (default 20480, the kernel's usual sysctl value).
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Kernel, MapType};
+    /// # use bpfls_local_storage::{Errno, MapAttr, flags::BPF_ANY};
+    /// let k = Kernel::builder().optmem_max(64).build();
+    /// let map = k.map_create(MapType::Sk, MapAttr::new(8)).unwrap();
+    /// let (_, sock) = k.socket_create();
+    /// let e = k.map_update_elem(0, map, sock, &[1; 8], BPF_ANY).unwrap_err();
+    /// assert_eq!(e, Errno::ENOMEM, "{e}");
+    /// assert_eq!(k.socket_charge(sock), Ok(0));
+    /// ```
     pub fn optmem_max(self, optmem_max: u64) -> Self {
         KernelBuilder { optmem_max, ..self }
     }
 
     /// PREEMPT_RT: every storage type uses the per-CPU allocator.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Kernel, MapType};
+    /// let sk_storages = |k: &Kernel| k.storage(MapType::Sk).storage_slab().stats().outstanding;
+    /// // Socket storage comes from kmalloc, allocated on demand...
+    /// assert_eq!(sk_storages(&Kernel::builder().build()), 0);
+    /// // ...except on PREEMPT_RT, where the per-CPU caches are filled ahead of use.
+    /// assert!(sk_storages(&Kernel::builder().preempt_rt(true).build()) > 0);
+    /// ```
     pub fn preempt_rt(self, preempt_rt: bool) -> Self {
         KernelBuilder { preempt_rt, ..self }
     }
 
     /// Probe points of the storage core (`lookup_cache_insert`, the lock and allocation sites):
     /// the attach point of simulated tracing programs (the fentry analogue).
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Kernel, MapType};
+    /// # use bpfls_local_storage::{MapAttr, flags::BPF_ANY};
+    /// use bpfls_sync::probe::{FailNth, Probes};
+    /// use std::sync::Arc;
+    /// // A hook that fails nothing (nth = 0): it counts the passes of `selem_link`, where an
+    /// // update links an element into an existing storage, under the storage lock.
+    /// let links = Arc::new(FailNth::new("selem_link", 0));
+    /// let k = Kernel::builder().probes(Probes::with_hook(links.clone())).build();
+    /// let map = k.map_create(MapType::Task, MapAttr::new(8)).unwrap();
+    /// let (_, task) = k.task_spawn();
+    /// k.map_update_elem(0, map, task, &[1; 8], BPF_ANY).unwrap(); // a new storage with it
+    /// assert_eq!(links.passes(), 0);
+    /// k.map_update_elem(0, map, task, &[2; 8], BPF_ANY).unwrap(); // replaces the element
+    /// assert_eq!(links.passes(), 1);
+    /// ```
     pub fn probes(self, probes: bpfls_sync::probe::Probes) -> Self {
         KernelBuilder { probes, ..self }
     }
@@ -206,6 +332,24 @@ impl KernelBuilder {
     /// Stepped mode: the grace periods move only when `stepper` steps them, the per-CPU
     /// caches refill inline, and every probe point yields to `stepper` (this replaces
     /// [`probes`](Self::probes)). Run the workload with [`Stepper::run`].
+    ///
+    /// ```
+    /// # use bpfls_kernel::{CpuBody, Kernel, MapType, Schedule, Stepper};
+    /// # use bpfls_local_storage::{MapAttr, flags::BPF_ANY};
+    /// # use std::sync::Arc;
+    /// let stepper = Stepper::new(Schedule::Random(7));
+    /// let k = Arc::new(Kernel::builder().cpus(2).stepped(&stepper).build());
+    /// # let map = k.map_create(MapType::Task, MapAttr::new(8)).unwrap();
+    /// # let ((_, t0), (_, t1)) = (k.task_spawn(), k.task_spawn());
+    /// // CPU `cpu` updates `task`'s element; the stepper interleaves the CPUs at probe points.
+    /// let body = |cpu: u32, task| -> CpuBody {
+    ///     let k = k.clone();
+    ///     Box::new(move || k.map_update_elem(cpu, map, task, &[1; 8], BPF_ANY).unwrap())
+    /// };
+    /// let report = stepper.run(vec![body(0, t0), body(1, t1)]);
+    /// assert!(report.results.iter().all(Result::is_ok) && !report.deadlock);
+    /// assert!(report.events.iter().any(|&(cpu, _)| cpu == 1), "CPU 1 passed probe points");
+    /// ```
     pub fn stepped(self, stepper: &untracked::Arc<Stepper>) -> Self {
         let hook: untracked::Arc<dyn bpfls_sync::probe::ProbeHook> = stepper.clone();
         KernelBuilder {
@@ -218,17 +362,77 @@ impl KernelBuilder {
     /// Mutation (bug zoo B3): remove the per-CPU busy counter, as before bc235cdb423a. A
     /// tracing program that re-enters the helpers while the storage lock is held then
     /// deadlocks; stepped mode reports it.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{CpuBody, Kernel, MapType, ProgSpec, ProgType, Schedule, Stepper};
+    /// # use bpfls_local_storage::{MapAttr, flags::BPF_ANY};
+    /// # use bpfls_sync::probe::{ProbeEvent, ProbeHook, Verdict};
+    /// # use std::sync::{Arc, OnceLock};
+    /// # /// A tracing program on `selem_link` (inside update, storage lock held) that deletes the
+    /// # /// element being updated, on the same CPU.
+    /// # #[derive(Default)]
+    /// # struct Reenter(OnceLock<(Arc<Kernel>, i32, i32)>, std::sync::atomic::AtomicBool);
+    /// # impl ProbeHook for Reenter {
+    /// #     fn hit(&self, e: &ProbeEvent<'_>) -> Verdict {
+    /// #         if let Some((k, map, task)) = self.0.get()
+    /// #             && e.site == "selem_link"
+    /// #             && !self.1.swap(true, std::sync::atomic::Ordering::Relaxed)
+    /// #         {
+    /// #             let spec = ProgSpec::new(ProgType::Tracing);
+    /// #             let _ = k.run(e.cpu.unwrap_or(0), spec, |p| p.storage_delete(*map, *task));
+    /// #         }
+    /// #         Verdict::Continue
+    /// #     }
+    /// # }
+    /// // Bug zoo B3: a tracing program re-enters the storage helpers under the storage lock.
+    /// let tracer = Arc::new(Reenter::default());
+    /// let stepper = Stepper::with_tracer(Schedule::Random(1), tracer.clone());
+    /// let k = Arc::new(Kernel::builder().stepped(&stepper).without_busy_counter().build());
+    /// let map = k.map_create(MapType::Task, MapAttr::new(8)).unwrap();
+    /// let (_, task) = k.task_spawn();
+    /// k.map_update_elem(0, map, task, &[1; 8], BPF_ANY).unwrap();
+    /// let _ = tracer.0.set((k.clone(), map, task)); // attach
+    /// let k0 = k.clone();
+    /// let update = move || drop(k0.map_update_elem(0, map, task, &[2; 8], BPF_ANY));
+    /// let report = stepper.run(vec![Box::new(update) as CpuBody]);
+    /// assert!(report.deadlock, "the nested delete spins on the lock its own CPU holds");
+    /// ```
     pub fn without_busy_counter(self) -> Self {
         KernelBuilder { no_busy_counter: true, ..self }
     }
 
     /// Re-introduced bugs of the storage core (bug zoo), for every storage type: for showing
-    /// that a checker or a schedule explorer catches them.
+    /// that a checker or a schedule explorer catches them. Bugs that need a particular
+    /// interleaving show on a [`stepped`](Self::stepped) kernel, under a [`Stepper`] schedule.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Kernel, MapType};
+    /// # use bpfls_local_storage::{MapAttr, Mutations, flags::BPF_ANY};
+    /// // Bug zoo B1: one bucket per map on a one-CPU machine. The invariant checker sees it.
+    /// let problems = |mutations| {
+    ///     let k = Kernel::builder().cpus(1).mutations(mutations).build();
+    ///     let map = k.map_create(MapType::Task, MapAttr::new(8)).unwrap();
+    ///     let (_, task) = k.task_spawn();
+    ///     k.map_update_elem(0, map, task, &[1; 8], BPF_ANY).unwrap();
+    ///     k.check_invariants()
+    /// };
+    /// assert!(problems(Mutations::default()).is_empty());
+    /// let b1 = problems(Mutations { one_bucket: true, ..Mutations::default() });
+    /// assert!(b1.iter().any(|p| p.starts_with("I4/B1")), "{b1:?}");
+    /// ```
     pub fn mutations(self, mutations: Mutations) -> Self {
         KernelBuilder { mutations, ..self }
     }
 
     /// Builds the kernel.
+    ///
+    /// ```
+    /// # use bpfls_kernel::Kernel;
+    /// let k = Kernel::builder().build();
+    /// assert_eq!(k.cpus(), 2);
+    /// assert!(k.violations().is_empty() && k.check_invariants().is_empty());
+    /// assert_eq!(k.shutdown(), Ok(0), "nothing leaked");
+    /// ```
     pub fn build(self) -> Kernel {
         let cpus = self.cpus.max(1);
         let rcu_config = match self.stepper {
@@ -273,6 +477,7 @@ impl KernelBuilder {
                 next_id: 1,
             }),
             no_busy_counter: self.no_busy_counter,
+            probes: self.probes.clone(),
             busy: [MapType::Task, MapType::Cgrp]
                 .map(|_| (0..cpus).map(|_| CachePadded::new(AtomicU32::new(0))).collect()),
         }
@@ -322,6 +527,22 @@ struct State {
 }
 
 /// The simulated kernel. See the crate documentation.
+///
+/// ```
+/// # use bpfls_kernel::{Kernel, MapType};
+/// # use bpfls_local_storage::{MapAttr, flags::BPF_ANY};
+/// // Logical CPUs are the caller's threads: a kernel is shared by reference.
+/// let k = Kernel::builder().cpus(2).build();
+/// let map = k.map_create(MapType::Task, MapAttr::new(8)).unwrap();
+/// std::thread::scope(|s| {
+///     for cpu in 0..2u32 {
+///         let (k, (_, task)) = (&k, k.task_spawn());
+///         s.spawn(move || k.map_update_elem(cpu, map, task, &[1; 8], BPF_ANY).unwrap());
+///     }
+/// });
+/// assert!(k.check_invariants().is_empty());
+/// assert_eq!(k.shutdown(), Ok(0), "shutdown ends the tasks and frees the map: no leak");
+/// ```
 pub struct Kernel {
     cpus: u32,
     optmem_max: u64,
@@ -333,6 +554,8 @@ pub struct Kernel {
     busy: [Box<[CachePadded<AtomicU32>]>; 2],
     /// [`KernelBuilder::without_busy_counter`].
     no_busy_counter: bool,
+    /// The probe points (shared with the storage core), for [`Prog::hold`].
+    probes: bpfls_sync::probe::Probes,
 }
 
 impl fmt::Debug for Kernel {
@@ -343,6 +566,13 @@ impl fmt::Debug for Kernel {
 
 impl Kernel {
     /// A builder with the defaults: 2 CPUs, `trace_implies_rcu`, `optmem_max` 20480.
+    ///
+    /// ```
+    /// # use bpfls_kernel::Kernel;
+    /// let k = Kernel::builder().build();
+    /// assert_eq!(k.cpus(), 2);
+    /// assert!(k.domains().trace_implies_rcu());
+    /// ```
     pub fn builder() -> KernelBuilder {
         KernelBuilder {
             cpus: 2,
@@ -357,21 +587,77 @@ impl Kernel {
     }
 
     /// Logical CPUs.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Kernel, MapType};
+    /// # use bpfls_local_storage::{Errno, MapAttr};
+    /// let k = Kernel::builder().cpus(3).build();
+    /// let map = k.map_create(MapType::Task, MapAttr::new(8)).unwrap();
+    /// let (_, task) = k.task_spawn();
+    /// assert_eq!(k.cpus(), 3);
+    /// // CPUs are numbered 0 .. cpus().
+    /// assert_eq!(k.map_lookup_elem(2, map, task).unwrap_err(), Errno::ENOENT);
+    /// assert_eq!(k.map_lookup_elem(3, map, task).unwrap_err(), Errno::EINVAL);
+    /// ```
     pub fn cpus(&self) -> u32 {
         self.cpus
     }
 
     /// The RCU domains.
+    ///
+    /// ```
+    /// # use bpfls_kernel::Kernel;
+    /// let k = Kernel::builder().build();
+    /// let rcu = &k.domains().rcu;
+    /// let cookie = rcu.get_state();
+    /// {
+    ///     let _reader = rcu.read_lock(0);
+    ///     assert!(!rcu.poll_state(cookie), "a reader holds the grace period");
+    /// }
+    /// rcu.synchronize();
+    /// assert!(rcu.poll_state(cookie));
+    /// ```
     pub fn domains(&self) -> &Arc<Domains> {
         &self.domains
     }
 
     /// The violation collector.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Kernel, MapType};
+    /// # use bpfls_local_storage::{MapAttr, Mutations, flags::BPF_ANY};
+    /// use bpfls_mem_alloc::ViolationKind;
+    /// // Bug zoo B8a: the delete path frees for immediate reuse, under a sleepable reader.
+    /// let b8a = Mutations { delete_reuse_now: true, ..Mutations::default() };
+    /// let k = Kernel::builder().mutations(b8a).build();
+    /// # let map = k.map_create(MapType::Task, MapAttr::new(8)).unwrap();
+    /// # let ((_, t1), (_, t2)) = (k.task_spawn(), k.task_spawn());
+    /// # k.map_update_elem(0, map, t1, &[1; 8], BPF_ANY).unwrap();
+    /// k.run_prog(0, true, |p| {
+    ///     let v = p.storage_get(map, t1, None, 0).unwrap();
+    ///     k.map_delete_elem(0, map, t1).unwrap();
+    ///     k.map_update_elem(0, map, t2, &[2; 8], BPF_ANY).unwrap(); // takes v's memory
+    ///     assert!(v.read("sleepable program").is_err());
+    /// });
+    /// assert_eq!(k.violations().kinds(), [ViolationKind::ReusedAccess]);
+    /// ```
     pub fn violations(&self) -> &Violations {
         &self.violations
     }
 
     /// The storage type behind a map type.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Kernel, MapType};
+    /// # use bpfls_local_storage::MapAttr;
+    /// // Each map takes one of its type's cache indices, and gives it back when freed.
+    /// let k = Kernel::builder().build();
+    /// let used = |k: &Kernel| k.storage(MapType::Inode).cache_idx_counts().iter().sum::<u64>();
+    /// let map = k.map_create(MapType::Inode, MapAttr::new(8)).unwrap();
+    /// assert_eq!(used(&k), 1);
+    /// k.close(0, map).unwrap();
+    /// assert_eq!(used(&k), 0);
+    /// ```
     pub fn storage(&self, ty: MapType) -> &LocalStorage {
         &self.types[ty.index()]
     }
@@ -463,7 +749,9 @@ impl Kernel {
             Errno::EAGAIN => {
                 format!("{owner}'s storage changed under the update of map fd {map_fd}; try again")
             }
-            Errno::EBUSY => format!("the recursion guard is held on CPU {cpu}"),
+            Errno::EBUSY => {
+                format!("the recursion guard is held on CPU {cpu} ({owner} in map fd {map_fd})")
+            }
             Errno::EPERM => format!("not permitted in this context on CPU {cpu}"),
             _ => format!("{owner} in map fd {map_fd}"),
         };
@@ -481,21 +769,64 @@ impl Kernel {
     }
 
     /// A new task; returns its pid and a pidfd.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Kernel, MapType};
+    /// # use bpfls_local_storage::{MapAttr, flags::BPF_ANY};
+    /// let k = Kernel::builder().build();
+    /// let map = k.map_create(MapType::Task, MapAttr::new(8)).unwrap();
+    /// let (pid, pidfd) = k.task_spawn();
+    /// let (pid2, _) = k.task_spawn();
+    /// assert_ne!(pid, pid2);
+    /// k.map_update_elem(0, map, pidfd, &[4; 8], BPF_ANY).unwrap();
+    /// assert_eq!(k.map_lookup_elem(0, map, pidfd), Ok(vec![4; 8]));
+    /// ```
     pub fn task_spawn(&self) -> (u64, i32) {
         self.spawn_owner(MapType::Task)
     }
 
     /// A new socket; returns its id and fd.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Kernel, MapType};
+    /// # use bpfls_local_storage::{MapAttr, flags::BPF_ANY};
+    /// let k = Kernel::builder().build();
+    /// let map = k.map_create(MapType::Sk, MapAttr::new(8)).unwrap();
+    /// let (_, sock) = k.socket_create();
+    /// assert_eq!(k.socket_charge(sock), Ok(0), "a new socket has nothing charged");
+    /// k.map_update_elem(0, map, sock, &[1; 8], BPF_ANY).unwrap();
+    /// assert_eq!(k.map_lookup_elem(1, map, sock), Ok(vec![1; 8]));
+    /// ```
     pub fn socket_create(&self) -> (u64, i32) {
         self.spawn_owner(MapType::Sk)
     }
 
     /// A new inode; returns its number and an fd of it.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Kernel, MapType};
+    /// # use bpfls_local_storage::{MapAttr, flags::BPF_ANY};
+    /// let k = Kernel::builder().build();
+    /// let map = k.map_create(MapType::Inode, MapAttr::new(4)).unwrap();
+    /// let (_, inode) = k.inode_create();
+    /// k.map_update_elem(0, map, inode, b"ino!", BPF_ANY).unwrap();
+    /// assert_eq!(k.map_lookup_elem(0, map, inode), Ok(b"ino!".to_vec()));
+    /// ```
     pub fn inode_create(&self) -> (u64, i32) {
         self.spawn_owner(MapType::Inode)
     }
 
     /// A new cgroup (`mkdir`); returns its id and an fd of it.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Kernel, MapType};
+    /// # use bpfls_local_storage::{MapAttr, flags::BPF_ANY};
+    /// let k = Kernel::builder().build();
+    /// let map = k.map_create(MapType::Cgrp, MapAttr::new(8)).unwrap();
+    /// let (_, cg) = k.cgroup_mkdir();
+    /// k.map_update_elem(0, map, cg, &[9; 8], BPF_ANY).unwrap();
+    /// assert_eq!(k.map_lookup_elem(0, map, cg), Ok(vec![9; 8]));
+    /// ```
     pub fn cgroup_mkdir(&self) -> (u64, i32) {
         self.spawn_owner(MapType::Cgrp)
     }
@@ -531,27 +862,92 @@ impl Kernel {
     }
 
     /// Task exit and final put. The pidfd stays open: syscalls through it get `-ENOENT`.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Kernel, MapType};
+    /// # use bpfls_local_storage::{Errno, MapAttr, flags::BPF_ANY};
+    /// let k = Kernel::builder().build();
+    /// let map = k.map_create(MapType::Task, MapAttr::new(8)).unwrap();
+    /// let (pid, pidfd) = k.task_spawn();
+    /// k.map_update_elem(0, map, pidfd, &[1; 8], BPF_ANY).unwrap();
+    /// k.task_exit(0, pidfd).unwrap();
+    /// let e = k.map_lookup_elem(0, map, pidfd).unwrap_err();
+    /// assert_eq!(e.to_string(), format!("ENOENT (2): task {pid} is gone"));
+    /// assert_eq!(k.task_exit(0, pidfd).unwrap_err(), Errno::ENOENT, "it has already ended");
+    /// ```
     pub fn task_exit(&self, cpu: u32, pidfd: i32) -> Result<(), Error> {
         self.end_owner(cpu, MapType::Task, pidfd)
     }
 
     /// Socket close (the last reference).
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Kernel, MapType};
+    /// # use bpfls_local_storage::{Errno, MapAttr, flags::BPF_ANY};
+    /// let k = Kernel::builder().build();
+    /// let map = k.map_create(MapType::Sk, MapAttr::new(8)).unwrap();
+    /// let (_, sock) = k.socket_create();
+    /// k.map_update_elem(0, map, sock, &[1; 8], BPF_ANY).unwrap();
+    /// k.socket_close(0, sock).unwrap();
+    /// // The socket's fd closes with it.
+    /// assert_eq!(k.map_lookup_elem(0, map, sock).unwrap_err(), Errno::EBADF);
+    /// assert_eq!(k.shutdown(), Ok(0), "its storage was freed");
+    /// ```
     pub fn socket_close(&self, cpu: u32, fd: i32) -> Result<(), Error> {
         self.end_owner(cpu, MapType::Sk, fd)
     }
 
     /// Inode eviction.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Kernel, MapType};
+    /// # use bpfls_local_storage::{MapAttr, flags::BPF_ANY};
+    /// let k = Kernel::builder().build();
+    /// let map = k.map_create(MapType::Inode, MapAttr::new(8)).unwrap();
+    /// let (_, inode) = k.inode_create();
+    /// k.map_update_elem(0, map, inode, &[1; 8], BPF_ANY).unwrap();
+    /// k.inode_evict(0, inode).unwrap();
+    /// let e = k.map_lookup_elem(0, map, inode).unwrap_err();
+    /// assert_eq!(e.detail(), format!("fd {inode} is not open"), "the fd went with the inode");
+    /// ```
     pub fn inode_evict(&self, cpu: u32, fd: i32) -> Result<(), Error> {
         self.end_owner(cpu, MapType::Inode, fd)
     }
 
     /// Cgroup `rmdir`. The cgroup fd stays open: syscalls through it get `-ENOENT`.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Kernel, MapType};
+    /// # use bpfls_local_storage::{MapAttr, flags::BPF_ANY};
+    /// let k = Kernel::builder().build();
+    /// let map = k.map_create(MapType::Cgrp, MapAttr::new(8)).unwrap();
+    /// let (id, cg) = k.cgroup_mkdir();
+    /// k.map_update_elem(0, map, cg, &[1; 8], BPF_ANY).unwrap();
+    /// k.cgroup_rmdir(0, cg).unwrap();
+    /// let e = k.map_update_elem(0, map, cg, &[2; 8], BPF_ANY).unwrap_err();
+    /// assert_eq!(e.to_string(), format!("ENOENT (2): cgroup {id} is gone"));
+    /// k.close(0, cg).unwrap(); // the fd stayed open until now
+    /// ```
     pub fn cgroup_rmdir(&self, cpu: u32, fd: i32) -> Result<(), Error> {
         self.end_owner(cpu, MapType::Cgrp, fd)
     }
 
     /// The bytes of local storage charged to a socket (`sk->sk_omem_alloc`'s share), which
     /// `optmem_max` limits: `-EBADF` unless `fd` is a socket.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Kernel, MapType};
+    /// # use bpfls_local_storage::{Errno, MapAttr, flags::BPF_ANY};
+    /// let k = Kernel::builder().build();
+    /// let map = k.map_create(MapType::Sk, MapAttr::new(8)).unwrap();
+    /// let (_, sock) = k.socket_create();
+    /// k.map_update_elem(0, map, sock, &[1; 8], BPF_ANY).unwrap();
+    /// assert!(k.socket_charge(sock).unwrap() > 0, "the element and the socket's storage");
+    /// k.map_delete_elem(0, map, sock).unwrap();
+    /// assert_eq!(k.socket_charge(sock), Ok(0));
+    /// let (_, pidfd) = k.task_spawn();
+    /// assert_eq!(k.socket_charge(pidfd).unwrap_err(), Errno::EBADF);
+    /// ```
     pub fn socket_charge(&self, fd: i32) -> Result<u64, Error> {
         Ok(self.owner_for(MapType::Sk, fd)?.charged_bytes())
     }
@@ -559,6 +955,21 @@ impl Kernel {
     /// `accept()` on a listening socket: a new socket whose storage clones the parent's
     /// `BPF_F_CLONE` maps (§2.12). On a clone error the new socket is destroyed and the error
     /// returned.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Kernel, MapType};
+    /// # use bpfls_local_storage::{Errno, MapAttr, flags::{BPF_ANY, MapFlags}};
+    /// let k = Kernel::builder().build();
+    /// let clone = (MapFlags::NO_PREALLOC | MapFlags::CLONE).bits();
+    /// let cloned = k.map_create(MapType::Sk, MapAttr::new(8).with_flags(clone)).unwrap();
+    /// let plain = k.map_create(MapType::Sk, MapAttr::new(8)).unwrap();
+    /// let (_, listener) = k.socket_create();
+    /// k.map_update_elem(0, cloned, listener, &[1; 8], BPF_ANY).unwrap();
+    /// k.map_update_elem(0, plain, listener, &[2; 8], BPF_ANY).unwrap();
+    /// let (_, child) = k.socket_accept(0, listener).unwrap();
+    /// assert_eq!(k.map_lookup_elem(0, cloned, child), Ok(vec![1; 8]));
+    /// assert_eq!(k.map_lookup_elem(0, plain, child).unwrap_err(), Errno::ENOENT);
+    /// ```
     pub fn socket_accept(&self, cpu: u32, parent_fd: i32) -> Result<(u64, i32), Error> {
         self.check_cpu(cpu)?;
         let parent = self.live_owner(MapType::Sk, parent_fd)?;
@@ -577,6 +988,18 @@ impl Kernel {
     /// `BPF_MAP_CREATE` for a local-storage map type: the attribute checks of
     /// `map_alloc_check`, then `map_check_btf` against the simulated [`btf`] (key an `int`,
     /// value type of `value_size` bytes), then a map fd.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Kernel, MapType, btf};
+    /// # use bpfls_local_storage::{Errno, MapAttr};
+    /// let k = Kernel::builder().build();
+    /// assert!(k.map_create(MapType::Task, MapAttr::new(8)).is_ok());
+    /// // The key must be a 4-byte int in the BTF.
+    /// let attr = MapAttr { btf_key_type_id: btf::LONG, ..MapAttr::new(8) };
+    /// let e = k.map_create(MapType::Task, attr).unwrap_err();
+    /// assert_eq!(e, Errno::EINVAL);
+    /// assert_eq!(e.detail(), "map_create: BTF key type id 2 (Some(Int(8))) is not a 4-byte int");
+    /// ```
     pub fn map_create(&self, ty: MapType, attr: MapAttr) -> Result<i32, Error> {
         bpfls_local_storage::map::map_alloc_check_detail(&attr)
             .map_err(|(e, why)| Error::new(e, format!("map_create: {why}")))?;
@@ -612,6 +1035,20 @@ impl Kernel {
     }
 
     /// Another fd for the same object (`dup`); for a map, one more reference.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Kernel, MapType};
+    /// # use bpfls_local_storage::{Errno, MapAttr, flags::BPF_ANY};
+    /// let k = Kernel::builder().build();
+    /// let map = k.map_create(MapType::Task, MapAttr::new(8)).unwrap();
+    /// let (_, task) = k.task_spawn();
+    /// k.map_update_elem(0, map, task, &[5; 8], BPF_ANY).unwrap();
+    /// let map2 = k.dup(map).unwrap();
+    /// k.close(0, map).unwrap();
+    /// // The map lives on through its other fd, element and all.
+    /// assert_eq!(k.map_lookup_elem(0, map2, task), Ok(vec![5; 8]));
+    /// assert_eq!(k.map_lookup_elem(0, map, task).unwrap_err(), Errno::EBADF);
+    /// ```
     pub fn dup(&self, fd: i32) -> Result<i32, Error> {
         let obj = self.fd(fd)?;
         if let FdObj::Map(m) = &obj {
@@ -623,6 +1060,23 @@ impl Kernel {
     /// `close(fd)` on `cpu`. The last reference to a map frees it (§2.8), on that CPU (the
     /// kernel defers it to a workqueue; the CPU is the one that work runs on). Closing an
     /// owner's fd does not end the owner.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Kernel, MapType};
+    /// # use bpfls_local_storage::{Errno, MapAttr};
+    /// # fn maps_in_use(k: &Kernel) -> u64 {
+    /// #     k.storage(MapType::Task).cache_idx_counts().iter().sum()
+    /// # }
+    /// // `maps_in_use`: the task maps holding a cache index, i.e. not yet freed.
+    /// let k = Kernel::builder().build();
+    /// let map = k.map_create(MapType::Task, MapAttr::new(8)).unwrap();
+    /// let map2 = k.dup(map).unwrap();
+    /// k.close(0, map).unwrap();
+    /// assert_eq!(maps_in_use(&k), 1, "map2 still holds it");
+    /// k.close(1, map2).unwrap(); // the last reference: the map is freed, on CPU 1
+    /// assert_eq!(maps_in_use(&k), 0);
+    /// assert_eq!(k.close(0, map2).unwrap_err(), Errno::EBADF);
+    /// ```
     pub fn close(&self, cpu: u32, fd: i32) -> Result<(), Error> {
         self.check_cpu(cpu)?;
         let obj = self
@@ -697,6 +1151,17 @@ impl Kernel {
     // ----- syscalls ---------------------------------------------------------------------------
 
     /// `BPF_MAP_LOOKUP_ELEM` on `cpu`: the value of the owner `key_fd` names.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Kernel, MapType};
+    /// # use bpfls_local_storage::{Errno, MapAttr, flags::BPF_ANY};
+    /// let k = Kernel::builder().build();
+    /// let map = k.map_create(MapType::Task, MapAttr::new(8)).unwrap();
+    /// let (_, task) = k.task_spawn();
+    /// assert_eq!(k.map_lookup_elem(0, map, task).unwrap_err(), Errno::ENOENT);
+    /// k.map_update_elem(0, map, task, &[3; 8], BPF_ANY).unwrap();
+    /// assert_eq!(k.map_lookup_elem(1, map, task), Ok(vec![3; 8]));
+    /// ```
     pub fn map_lookup_elem(&self, cpu: u32, map_fd: i32, key_fd: i32) -> Result<Vec<u8>, Error> {
         self.check_cpu(cpu)?;
         let m = self.hold_map(cpu, map_fd)?;
@@ -712,6 +1177,21 @@ impl Kernel {
 
     /// `BPF_MAP_UPDATE_ELEM` on `cpu` with `flags` (`BPF_ANY`, `BPF_NOEXIST`, `BPF_EXIST`,
     /// `| BPF_F_LOCK`).
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Kernel, MapType, ResultExt};
+    /// # use bpfls_local_storage::{Errno, MapAttr};
+    /// use bpfls_local_storage::flags::{BPF_EXIST, BPF_NOEXIST};
+    /// let k = Kernel::builder().build();
+    /// let map = k.map_create(MapType::Task, MapAttr::new(8)).unwrap();
+    /// let (_, task) = k.task_spawn();
+    /// let update = |v, flags| k.map_update_elem(0, map, task, &[v; 8], flags).errno();
+    /// assert_eq!(update(1, BPF_EXIST), Err(Errno::ENOENT), "nothing to replace");
+    /// assert_eq!(update(1, BPF_NOEXIST), Ok(()));
+    /// assert_eq!(update(2, BPF_NOEXIST), Err(Errno::EEXIST), "already there");
+    /// assert_eq!(update(2, BPF_EXIST), Ok(()));
+    /// assert_eq!(k.map_lookup_elem(0, map, task), Ok(vec![2; 8]));
+    /// ```
     pub fn map_update_elem(
         &self,
         cpu: u32,
@@ -732,6 +1212,18 @@ impl Kernel {
     }
 
     /// `BPF_MAP_DELETE_ELEM` on `cpu`.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Kernel, MapType};
+    /// # use bpfls_local_storage::{Errno, MapAttr, flags::BPF_ANY};
+    /// let k = Kernel::builder().build();
+    /// let map = k.map_create(MapType::Task, MapAttr::new(8)).unwrap();
+    /// let (_, task) = k.task_spawn();
+    /// k.map_update_elem(0, map, task, &[1; 8], BPF_ANY).unwrap();
+    /// k.map_delete_elem(1, map, task).unwrap();
+    /// assert_eq!(k.map_lookup_elem(0, map, task).unwrap_err(), Errno::ENOENT);
+    /// assert_eq!(k.map_delete_elem(1, map, task).unwrap_err(), Errno::ENOENT);
+    /// ```
     pub fn map_delete_elem(&self, cpu: u32, map_fd: i32, key_fd: i32) -> Result<(), Error> {
         self.check_cpu(cpu)?;
         let m = self.hold_map(cpu, map_fd)?;
@@ -741,6 +1233,15 @@ impl Kernel {
     }
 
     /// `BPF_MAP_GET_NEXT_KEY`: not supported by local-storage maps.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Kernel, MapType};
+    /// # use bpfls_local_storage::{Errno, MapAttr};
+    /// let k = Kernel::builder().build();
+    /// let map = k.map_create(MapType::Task, MapAttr::new(8)).unwrap();
+    /// assert_eq!(k.map_get_next_key(map).unwrap_err(), Errno::ENOTSUPP);
+    /// assert_eq!(k.map_get_next_key(99).unwrap_err(), Errno::EBADF, "the fd is checked first");
+    /// ```
     pub fn map_get_next_key(&self, map_fd: i32) -> Result<(), Error> {
         drop(self.hold_map(0, map_fd)?);
         Err(Error::new(
@@ -755,12 +1256,36 @@ impl Kernel {
     /// section (non-sleepable) or a Tasks-Trace one (sleepable). Values the helpers return
     /// are valid until `f` returns. Panics on a CPU that does not exist; [`run`](Self::run)
     /// returns an error instead.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Kernel, MapType};
+    /// # use bpfls_local_storage::MapAttr;
+    /// use bpfls_local_storage::flags::BPF_LOCAL_STORAGE_GET_F_CREATE as F_CREATE;
+    /// let k = Kernel::builder().build();
+    /// let map = k.map_create(MapType::Task, MapAttr::new(8)).unwrap();
+    /// let (_, task) = k.task_spawn();
+    /// // An LSM program creates the task's element; a syscall then reads it.
+    /// let created = k.run_prog(1, false, |p| {
+    ///     let v = p.storage_get(map, task, None, F_CREATE).unwrap();
+    ///     v.write("lsm prog", &[6; 8]).is_ok()
+    /// });
+    /// assert!(created);
+    /// assert_eq!(k.map_lookup_elem(0, map, task), Ok(vec![6; 8]));
+    /// ```
     pub fn run_prog<R>(&self, cpu: u32, sleepable: bool, f: impl FnOnce(&Prog<'_>) -> R) -> R {
         self.run_prog_as(cpu, sleepable, false, f)
     }
 
     /// Like [`run_prog`](Self::run_prog); `recur` makes it a tracing program (the `_recur`
     /// helpers, for a program that may run inside the storage code).
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Kernel, ProgSpec, ProgType};
+    /// let k = Kernel::builder().build();
+    /// assert_eq!(k.run_prog_as(0, false, true, |p| p.spec()), ProgSpec::new(ProgType::Tracing));
+    /// let sleepable_lsm = ProgSpec::new(ProgType::Lsm).sleepable();
+    /// assert_eq!(k.run_prog_as(0, true, false, |p| p.spec()), sleepable_lsm);
+    /// ```
     pub fn run_prog_as<R>(
         &self,
         cpu: u32,
@@ -778,6 +1303,21 @@ impl Kernel {
 
     /// Runs a program described by `spec` on `cpu`. `-EINVAL` for a CPU that does not exist
     /// or a sleepable program outside task context.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Context, Kernel, MapType, ProgSpec, ProgType};
+    /// # use bpfls_local_storage::{Errno, MapAttr};
+    /// use bpfls_local_storage::flags::BPF_LOCAL_STORAGE_GET_F_CREATE as F_CREATE;
+    /// let k = Kernel::builder().build();
+    /// let map = k.map_create(MapType::Sk, MapAttr::new(8)).unwrap();
+    /// let (_, sock) = k.socket_create();
+    /// let tracing = ProgSpec::new(ProgType::Tracing);
+    /// let get = |spec| k.run(0, spec, |p| p.storage_get(map, sock, None, F_CREATE).is_some());
+    /// // In hardirq context a tracing program gets NULL from an sk map; in task context, not.
+    /// assert_eq!(get(tracing.in_context(Context::Hardirq)), Ok(false));
+    /// assert_eq!(get(tracing), Ok(true));
+    /// assert_eq!(k.run(2, tracing, |_| ()).unwrap_err(), Errno::EINVAL, "2 CPUs: 0 and 1");
+    /// ```
     pub fn run<R>(
         &self,
         cpu: u32,
@@ -806,6 +1346,20 @@ impl Kernel {
 
     /// The storage core's invariants (I4–I7, I9, I11, I13, I15) over every live owner; call
     /// it at a quiescent point (no CPU running). Empty when all hold.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Kernel, MapType};
+    /// # use bpfls_local_storage::{MapAttr, flags::BPF_ANY};
+    /// let k = Kernel::builder().build();
+    /// let a = k.map_create(MapType::Task, MapAttr::new(8)).unwrap();
+    /// let b = k.map_create(MapType::Task, MapAttr::new(8)).unwrap();
+    /// let (_, task) = k.task_spawn();
+    /// k.map_update_elem(0, a, task, &[1; 8], BPF_ANY).unwrap();
+    /// k.map_update_elem(1, b, task, &[2; 8], BPF_ANY).unwrap();
+    /// k.map_delete_elem(0, a, task).unwrap();
+    /// let problems = k.check_invariants();
+    /// assert!(problems.is_empty(), "{problems:?}");
+    /// ```
     pub fn check_invariants(&self) -> Vec<String> {
         let owners: Vec<Arc<OwnerObj>> = self.state.lock().owners.values().cloned().collect();
         let mut out = Vec::new();
@@ -823,6 +1377,18 @@ impl Kernel {
     /// Tears everything down on CPU 0: ends every live owner, closes every fd (freeing the
     /// maps), waits for every pending free, and returns the number of leaked objects (also
     /// reported as violations).
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Kernel, MapType};
+    /// # use bpfls_local_storage::{Errno, MapAttr, flags::BPF_ANY};
+    /// let k = Kernel::builder().build();
+    /// let map = k.map_create(MapType::Sk, MapAttr::new(8)).unwrap();
+    /// let (_, sock) = k.socket_create();
+    /// k.map_update_elem(0, map, sock, &[1; 8], BPF_ANY).unwrap();
+    /// // The socket is still open and the map still has its fd: shutdown ends and closes both.
+    /// assert_eq!(k.shutdown(), Ok(0), "nothing leaked");
+    /// assert_eq!(k.map_lookup_elem(0, map, sock).unwrap_err(), Errno::EBADF);
+    /// ```
     pub fn shutdown(&self) -> Result<usize, Error> {
         let owners: Vec<Arc<OwnerObj>> = self.state.lock().owners.values().cloned().collect();
         for o in owners {
@@ -862,6 +1428,21 @@ impl Kernel {
 ///
 /// Reads and writes are checked accesses: an element freed or reused under the program is a
 /// reported violation.
+///
+/// ```
+/// # use bpfls_kernel::{Kernel, MapType};
+/// # use bpfls_local_storage::MapAttr;
+/// use bpfls_local_storage::flags::BPF_LOCAL_STORAGE_GET_F_CREATE as F_CREATE;
+/// let k = Kernel::builder().build();
+/// let map = k.map_create(MapType::Task, MapAttr::new(8)).unwrap();
+/// let (_, task) = k.task_spawn();
+/// // Use the value inside the program, and return what you need from it.
+/// let bytes = k.run_prog(0, false, |p| {
+///     let v = p.storage_get(map, task, Some(&[8; 8]), F_CREATE)?;
+///     v.read("prog").ok()
+/// });
+/// assert_eq!(bytes, Some(vec![8; 8]));
+/// ```
 pub struct Value<'p> {
     sref: SelemRef,
     _prog: std::marker::PhantomData<&'p Prog<'p>>,
@@ -875,11 +1456,38 @@ impl fmt::Debug for Value<'_> {
 
 impl Value<'_> {
     /// Reads the value.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Kernel, MapType};
+    /// # use bpfls_local_storage::{MapAttr, flags::BPF_ANY};
+    /// let k = Kernel::builder().build();
+    /// let map = k.map_create(MapType::Task, MapAttr::new(8)).unwrap();
+    /// let (_, task) = k.task_spawn();
+    /// k.map_update_elem(0, map, task, &[2; 8], BPF_ANY).unwrap();
+    /// // `site` names the access in a violation report, should the element be gone.
+    /// let r = k.run_prog(1, false, |p| p.storage_get(map, task, None, 0)?.read("my prog").ok());
+    /// assert_eq!(r, Some(vec![2; 8]));
+    /// ```
     pub fn read(&self, site: &'static str) -> Result<Vec<u8>, bpfls_mem_alloc::Violation> {
         self.sref.read(site)
     }
 
     /// Writes the value.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Kernel, MapType};
+    /// # use bpfls_local_storage::MapAttr;
+    /// use bpfls_local_storage::flags::BPF_LOCAL_STORAGE_GET_F_CREATE as F_CREATE;
+    /// let k = Kernel::builder().build();
+    /// let map = k.map_create(MapType::Cgrp, MapAttr::new(4)).unwrap();
+    /// let (_, cg) = k.cgroup_mkdir();
+    /// let written = k.run_prog(0, false, |p| {
+    ///     p.storage_get(map, cg, None, F_CREATE).map(|v| v.write("prog", b"seen").is_ok())
+    /// });
+    /// assert_eq!(written, Some(true));
+    /// // The program wrote the element in place: a syscall sees it.
+    /// assert_eq!(k.map_lookup_elem(1, map, cg), Ok(b"seen".to_vec()));
+    /// ```
     pub fn write(
         &self,
         site: &'static str,
@@ -889,12 +1497,34 @@ impl Value<'_> {
     }
 
     /// The element behind it.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Kernel, MapType};
+    /// # use bpfls_local_storage::MapAttr;
+    /// use bpfls_local_storage::flags::BPF_LOCAL_STORAGE_GET_F_CREATE as F_CREATE;
+    /// let k = Kernel::builder().build();
+    /// let map = k.map_create(MapType::Task, MapAttr::new(16)).unwrap();
+    /// let (_, task) = k.task_spawn();
+    /// let size = k.run_prog(0, false, |p| {
+    ///     let v = p.storage_get(map, task, None, F_CREATE).unwrap();
+    ///     v.element().map().attr().value_size
+    /// });
+    /// assert_eq!(size, 16);
+    /// ```
     pub fn element(&self) -> &SelemRef {
         &self.sref
     }
 }
 
 /// A running program: the CPU it runs on, how it runs, and its helpers.
+///
+/// ```
+/// # use bpfls_kernel::{Context, Kernel, ProgSpec, ProgType};
+/// let k = Kernel::builder().build();
+/// let spec = ProgSpec::new(ProgType::Iter);
+/// let (cpu, seen) = k.run(1, spec, |p: &bpfls_kernel::Prog<'_>| (p.cpu(), p.spec())).unwrap();
+/// assert_eq!((cpu, seen.ty, seen.ctx), (1, ProgType::Iter, Context::Task));
+/// ```
 pub struct Prog<'k> {
     k: &'k Kernel,
     cpu: u32,
@@ -910,12 +1540,44 @@ impl fmt::Debug for Prog<'_> {
 }
 
 impl<'k> Prog<'k> {
+    /// A sleepable program blocking mid-section (a page fault, a sleeping helper): passes the
+    /// probe point `prog_hold`, where a stepped schedule may pause it (`Action::Until(body,
+    /// "prog_hold")`) while other CPUs run and grace periods move. Without a stepper it
+    /// returns at once.
+    ///
+    /// ```
+    /// # use bpfls_kernel::Kernel;
+    /// let k = Kernel::builder().build();
+    /// k.run_prog(0, true, |p| p.hold());
+    /// ```
+    pub fn hold(&self) {
+        let k = self.k;
+        if k.probes.is_attached() {
+            k.probes.hit("prog_hold", Some(self.cpu), &[]);
+        }
+    }
+
     /// The CPU the program runs on.
+    ///
+    /// ```
+    /// # use bpfls_kernel::Kernel;
+    /// let k = Kernel::builder().cpus(4).build();
+    /// assert_eq!(k.run_prog(3, false, |p| p.cpu()), 3);
+    /// assert_eq!(k.run_prog_as(0, true, true, |p| p.cpu()), 0);
+    /// ```
     pub fn cpu(&self) -> u32 {
         self.cpu
     }
 
     /// How the program runs.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Context, Kernel, ProgSpec, ProgType};
+    /// let k = Kernel::builder().build();
+    /// let spec = ProgSpec::new(ProgType::Tracing).in_context(Context::Softirq);
+    /// assert_eq!(k.run(0, spec, |p| p.spec()), Ok(spec));
+    /// assert_eq!(k.run_prog(0, true, |p| p.spec()), ProgSpec::new(ProgType::Lsm).sleepable());
+    /// ```
     pub fn spec(&self) -> ProgSpec {
         self.spec
     }
@@ -946,6 +1608,22 @@ impl<'k> Prog<'k> {
     /// type), a dead owner (no create on an exiting task or a closed socket), a failed
     /// create, a create attempted while the busy counter is held on this CPU, and the sk
     /// tracing variant in hardirq / NMI context.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Kernel, MapType};
+    /// # use bpfls_local_storage::MapAttr;
+    /// use bpfls_local_storage::flags::BPF_LOCAL_STORAGE_GET_F_CREATE as F_CREATE;
+    /// let k = Kernel::builder().build();
+    /// let map = k.map_create(MapType::Task, MapAttr::new(8)).unwrap();
+    /// let (_, task) = k.task_spawn();
+    /// k.run_prog(0, false, |p| {
+    ///     assert!(p.storage_get(map, task, None, 0).is_none(), "absent, and no F_CREATE");
+    ///     assert!(p.storage_get(map, task, None, 0x80).is_none(), "bad flags");
+    ///     assert!(p.storage_get(map, map, None, F_CREATE).is_none(), "a map fd is no task");
+    ///     let v = p.storage_get(map, task, Some(&[1; 8]), F_CREATE).unwrap();
+    ///     assert_eq!(v.read("prog"), Ok(vec![1; 8]));
+    /// });
+    /// ```
     pub fn storage_get(
         &self,
         map_fd: i32,
@@ -976,7 +1654,10 @@ impl<'k> Prog<'k> {
             Some(s) => Some(s),
             None if flags & BPF_LOCAL_STORAGE_GET_F_CREATE != 0 && nobusy && owner.alive() => {
                 let dyn_owner: untracked::Arc<dyn bpfls_local_storage::Owner> = owner.clone();
-                ls.update(self.cpu, &dyn_owner, &m.smap, value, BPF_NOEXIST, false).ok()
+                // A sleepable program's create is `GFP_KERNEL` (the verifier patches the
+                // helper's gfp argument): an empty per-CPU cache falls back to the slab.
+                let gfp_kernel = self.spec.sleepable;
+                ls.update(self.cpu, &dyn_owner, &m.smap, value, BPF_NOEXIST, gfp_kernel).ok()
             }
             None => None,
         };
@@ -990,6 +1671,20 @@ impl<'k> Prog<'k> {
     /// `-ENOENT` when absent or the owner is dead, `-EBUSY` when the recursion guard is held
     /// on this CPU (task `_recur`: only if the element exists; cgroup: before looking),
     /// `-EPERM` for the sk tracing variant in hardirq / NMI context.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Kernel, MapType, ResultExt};
+    /// # use bpfls_local_storage::{Errno, MapAttr, flags::BPF_ANY};
+    /// let k = Kernel::builder().build();
+    /// let map = k.map_create(MapType::Task, MapAttr::new(8)).unwrap();
+    /// let (_, task) = k.task_spawn();
+    /// k.map_update_elem(0, map, task, &[1; 8], BPF_ANY).unwrap();
+    /// k.run_prog(0, false, |p| {
+    ///     assert_eq!(p.storage_delete(map, task).errno(), Ok(()));
+    ///     assert_eq!(p.storage_delete(map, task).errno(), Err(Errno::ENOENT));
+    ///     assert_eq!(p.storage_delete(map, map).errno(), Err(Errno::EINVAL), "a NULL owner");
+    /// });
+    /// ```
     pub fn storage_delete(&self, map_fd: i32, owner_fd: i32) -> Result<(), Error> {
         let k = self.k;
         let cpu = self.cpu;
@@ -997,7 +1692,11 @@ impl<'k> Prog<'k> {
         if self.sk_tracing_refused(m.ty) {
             return Err(Error::new(
                 Errno::EPERM,
-                format!("bpf_sk_storage_delete_tracing in {:?} context", self.spec.ctx),
+                format!(
+                    "bpf_sk_storage_delete_tracing on fd {owner_fd} in map fd {map_fd} in {:?} \
+                     context",
+                    self.spec.ctx
+                ),
             ));
         }
         let owner = k.owner_for(m.ty, owner_fd).map_err(|_| {

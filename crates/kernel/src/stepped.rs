@@ -62,6 +62,39 @@ pub enum Schedule {
         /// The expected number of decision points in a run (where change points fall).
         steps: u64,
     },
+    /// An explicit plan, action by action ("run body 0 until `selem_link`, then body 1 to its
+    /// end, then end the RCU grace period"). An action that cannot go on (its body waits, or
+    /// may not interrupt what runs on its CPU) lets the current body, else the first ready
+    /// one, run meanwhile; once the plan is done, the current body continues.
+    Plan(Vec<Action>),
+}
+
+/// The pseudo-body that grace-period steps are attributed to in [`RunReport::events`].
+pub const GRACE_PERIODS: usize = usize::MAX;
+
+/// A grace-period domain, for [`Action`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GpDomain {
+    /// Normal RCU.
+    Rcu,
+    /// RCU Tasks-Trace.
+    TasksTrace,
+}
+
+/// One action of a [`Schedule::Plan`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// Run this body until it passes the probe point named (it stops there), or ends.
+    Until(usize, String),
+    /// Run this body to its end.
+    ToEnd(usize),
+    /// One step of the domain's machinery (start or end a grace period, or invoke one
+    /// callback), at the next point where no body is inside an interrupts-off section or a
+    /// per-CPU cache's critical section; or when every body is done.
+    Advance(GpDomain),
+    /// Steps of the domain until it is quiet: every grace period the readers allow ends and
+    /// every ready callback runs (same timing as `Advance`).
+    Quiesce(GpDomain),
 }
 
 /// PCT's per-run state: priorities by CPU and the decision points that lower them.
@@ -124,10 +157,14 @@ struct Body {
     /// The lock it waits for (`lock_wait`), or `None` with `waiting_gp` for a grace period.
     waits_for: Option<LockId>,
     waiting_gp: bool,
+    /// The probe point it last passed.
+    at: &'static str,
 }
 
 struct Sched {
     schedule: Schedule,
+    /// The next action of a [`Schedule::Plan`].
+    plan_pos: usize,
     bodies: Vec<Body>,
     /// Per kernel CPU, the started bodies not yet done, innermost last.
     stacks: BTreeMap<u32, Vec<usize>>,
@@ -197,11 +234,12 @@ impl Stepper {
             Schedule::Random(seed) | Schedule::Pct { seed, .. } => {
                 seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1
             }
-            Schedule::Script(_) => 1,
+            Schedule::Script(_) | Schedule::Plan(_) => 1,
         };
         Arc::new(Stepper {
             sched: Mutex::new(Sched {
                 schedule,
+                plan_pos: 0,
                 bodies: Vec::new(),
                 stacks: BTreeMap::new(),
                 holders: BTreeMap::new(),
@@ -257,6 +295,7 @@ impl Stepper {
                     taking: None,
                     waits_for: None,
                     waiting_gp: false,
+                    at: "body_start",
                 })
                 .collect();
             s.stacks.clear();
@@ -280,6 +319,8 @@ impl Stepper {
                 s.pct = Pct { prio, change_points, step: 0 };
             }
             s.current = Some(0);
+            s.script_pos = 0;
+            s.plan_pos = 0;
             s.events.clear();
             if n > 0 {
                 Self::start(&mut s, 0);
@@ -358,6 +399,7 @@ impl Stepper {
         }
         let lock = LockId::of(e);
         let body = &mut s.bodies[b];
+        body.at = e.site;
         body.waits_for = None;
         body.waiting_gp = false;
         match e.site {
@@ -446,10 +488,12 @@ impl Stepper {
             st.retain(|&b| b != cpu);
         }
         s.epoch += 1;
-        s.threads.remove(&thread::current().id());
         if s.current == Some(cpu) {
-            drop(self.pick_next(s, cpu));
+            // Still registered: grace-period work the schedule runs here is recorded.
+            s = self.pick_next(s, cpu);
         }
+        s.threads.remove(&thread::current().id());
+        drop(s);
         self.cv.notify_all();
     }
 
@@ -493,11 +537,112 @@ impl Stepper {
                     _ => s.current.filter(|c| ready.contains(c)).unwrap_or(ready[0]),
                 }
             }
+            Schedule::Plan(_) => match Self::plan_action(s) {
+                Some(Action::Until(b, _) | Action::ToEnd(b)) if ready.contains(&b) => b,
+                _ => s.current.filter(|c| ready.contains(c)).unwrap_or(ready[0]),
+            },
         };
         if !s.bodies[pick].started {
             Self::start(s, pick);
         }
         Some(pick)
+    }
+
+    /// The plan's current action, past the ones whose body is done.
+    fn plan_action(s: &mut Sched) -> Option<Action> {
+        let Schedule::Plan(plan) = &s.schedule else { return None };
+        while let Some(a) = plan.get(s.plan_pos) {
+            match a {
+                Action::Until(b, _) | Action::ToEnd(b)
+                    if s.cpus.get(*b).is_none_or(|c| *c == CpuState::Done) =>
+                {
+                    s.plan_pos += 1;
+                }
+                a => return Some(a.clone()),
+            }
+        }
+        None
+    }
+
+    /// Whether grace-period work may run now: no body is inside an interrupts-off section or
+    /// a per-CPU cache's critical section (the kernel runs RCU callbacks in softirq context on
+    /// the CPU that queued them, which neither admits).
+    fn gp_safe(s: &Sched) -> bool {
+        (0..s.bodies.len()).all(|b| {
+            let body = &s.bodies[b];
+            s.cpus[b] == CpuState::Done
+                || !body.started
+                || (body.irqoff == 0 && body.at != "mem_cache_active")
+        })
+    }
+
+    /// Runs the grace-period work the schedule asks for at this decision point, if it is safe
+    /// (`Plan`: its `Advance` / `Quiesce` actions; `Random`: one step of a random domain with
+    /// probability 1 / (ready bodies + 1)).
+    fn scheduled_gp<'a>(&'a self, mut s: MutexGuard<'a, Sched>) -> MutexGuard<'a, Sched> {
+        loop {
+            if !Self::gp_safe(&s) {
+                return s;
+            }
+            let work = match s.schedule {
+                Schedule::Plan(_) => match Self::plan_action(&mut s) {
+                    Some(Action::Advance(d)) => Some((d, false)),
+                    Some(Action::Quiesce(d)) => Some((d, true)),
+                    _ => None,
+                },
+                Schedule::Random(_) => {
+                    let ready = (0..s.cpus.len())
+                        .filter(|&i| s.cpus[i] == CpuState::Ready && Self::eligible(&s, i))
+                        .count() as u64;
+                    if ready == 0 {
+                        return s;
+                    }
+                    let draw = Self::next_random(&mut s);
+                    if draw % (ready + 1) != ready {
+                        return s;
+                    }
+                    let d =
+                        if draw & (1 << 40) == 0 { GpDomain::Rcu } else { GpDomain::TasksTrace };
+                    Some((d, false))
+                }
+                _ => None,
+            };
+            let Some((domain, quiesce)) = work else { return s };
+            let random = matches!(s.schedule, Schedule::Random(_));
+            if !random {
+                s.plan_pos += 1;
+            }
+            s = self
+                .drive(s, |d| {
+                    let moved = |x: Step| !matches!(x, Step::Idle | Step::Blocked { .. });
+                    match (domain, quiesce) {
+                        (GpDomain::Rcu, false) => moved(d.rcu.advance()),
+                        (GpDomain::Rcu, true) => moved(d.rcu.advance_until_quiet()),
+                        (GpDomain::TasksTrace, false) => moved(d.tasks_trace.advance()),
+                        (GpDomain::TasksTrace, true) => moved(d.tasks_trace.advance_until_quiet()),
+                    }
+                })
+                .0;
+            if random {
+                return s;
+            }
+        }
+    }
+
+    /// Runs `step` on the domains with the scheduler lock released (callbacks pass probe
+    /// points, which then only record, as [`GRACE_PERIODS`]); whether it made progress.
+    fn drive<'a>(
+        &'a self,
+        mut s: MutexGuard<'a, Sched>,
+        step: impl FnOnce(&Domains) -> bool,
+    ) -> (MutexGuard<'a, Sched>, bool) {
+        s.driving = true;
+        drop(s);
+        let progressed = self.domains.get().is_some_and(|d| step(d));
+        let mut s = self.lock();
+        s.driving = false;
+        s.epoch += 1;
+        (s, progressed)
     }
 
     /// Wakes every waiter that started waiting before the latest progress; whether any woke.
@@ -518,6 +663,7 @@ impl Stepper {
     /// deadlock when neither helps.
     fn pick_next<'a>(&'a self, mut s: MutexGuard<'a, Sched>, me: usize) -> MutexGuard<'a, Sched> {
         loop {
+            s = self.scheduled_gp(s);
             if let Some(next) = Self::choose(&mut s) {
                 s.current = Some(next);
                 return s;
@@ -530,29 +676,22 @@ impl Stepper {
                 continue;
             }
             // Every CPU left waits on something nobody has changed: step the grace periods.
-            // The lock is released meanwhile, because a callback passes probe points.
-            s.driving = true;
-            drop(s);
-            let progressed = self.step_domains();
-            s = self.lock();
-            s.driving = false;
+            let progressed;
+            (s, progressed) = self.drive(s, Self::step_domains);
             if !progressed {
                 s.deadlock = true;
                 s.wait_for = Self::wait_for_report(&s, me);
                 s.current = Some(me);
                 return s;
             }
-            s.epoch += 1;
         }
     }
 
     /// One step of each grace-period domain (Tasks-Trace first); whether either moved.
-    fn step_domains(&self) -> bool {
-        self.domains.get().is_some_and(|d| {
-            let moved = |x: Step| !matches!(x, Step::Idle | Step::Blocked { .. });
-            let tt = d.tasks_trace.advance();
-            moved(tt) || moved(d.rcu.advance())
-        })
+    fn step_domains(d: &Domains) -> bool {
+        let moved = |x: Step| !matches!(x, Step::Idle | Step::Blocked { .. });
+        let tt = d.tasks_trace.advance();
+        moved(tt) || moved(d.rcu.advance())
     }
 
     fn wait_baton<'a>(&'a self, mut s: MutexGuard<'a, Sched>, me: usize) -> MutexGuard<'a, Sched> {
@@ -570,12 +709,24 @@ impl ProbeHook for Stepper {
         let verdict = self.tracer.as_ref().map_or(Verdict::Continue, |t| t.hit(e));
         let mut s = self.lock();
         let Some(&me) = s.threads.get(&thread::current().id()) else { return verdict };
+        if s.driving {
+            // A callback or grace-period step run by the executor on this thread's behalf.
+            s.events.push((GRACE_PERIODS, e.site));
+            return verdict;
+        }
         Self::track_locks(&mut s, me, e);
         s.events.push((me, e.site));
         s.epoch += 1;
-        if s.deadlock || s.driving {
+        if s.deadlock {
             return verdict;
         }
+        if let Some(Action::Until(b, site)) = Self::plan_action(&mut s)
+            && b == me
+            && site == e.site
+        {
+            s.plan_pos += 1;
+        }
+        s = self.scheduled_gp(s);
         if let Some(next) = Self::choose(&mut s) {
             s.current = Some(next);
         }
@@ -588,7 +739,7 @@ impl ProbeHook for Stepper {
         let Some(&me) = s.threads.get(&thread::current().id()) else {
             // Not one of our CPUs (setup or teardown code): step the grace periods directly.
             drop(s);
-            let progressed = self.step_domains();
+            let progressed = self.domains.get().is_some_and(|d| Self::step_domains(d));
             return if progressed { WaitVerdict::Retry } else { WaitVerdict::Deadlock };
         };
         if s.deadlock {

@@ -2,7 +2,10 @@
 //! deadlock (a CPU waiting for a grace period its own read-side section blocks) is reported.
 #![cfg(not(any(loom, shuttle)))]
 
-use bpfls_kernel::{CpuBody, Kernel, MapType, ResultExt, RunReport, Schedule, Stepper};
+use bpfls_kernel::{
+    Action, CpuBody, GRACE_PERIODS, GpDomain, Kernel, MapType, ResultExt, RunReport, Schedule,
+    Stepper,
+};
 use bpfls_local_storage::flags::{BPF_ANY, BPF_LOCAL_STORAGE_GET_F_CREATE as F_CREATE};
 use bpfls_local_storage::{Errno, MapAttr, Mutations};
 use bpfls_sync::probe::{ProbeEvent, ProbeHook, Verdict};
@@ -352,4 +355,83 @@ fn pct_depth_one_never_preempts_and_depth_two_finds_the_allocation_race() {
     }
     assert!(deep > 0, "one priority change point reaches R1/R2 for some seed");
     eprintln!("PCT depth 2: {runs_deep} of 32 seeds lose a race ({deep} -EAGAIN)");
+}
+
+/// A sleepable program holds a value while CPU 1 deletes it and the grace periods are driven
+/// by the plan: "run body 0 until it holds the value, body 1 to its end, end every RCU grace
+/// period, try Tasks-Trace, then body 0 to its end, then Tasks-Trace and RCU again".
+fn planned_hold(mutations: Mutations) -> (RunReport, Result<Vec<u8>, String>, Arc<Kernel>) {
+    let plan = vec![
+        Action::Until(0, "prog_hold".into()),
+        Action::ToEnd(1),
+        Action::Quiesce(GpDomain::Rcu),
+        Action::Quiesce(GpDomain::TasksTrace),
+        Action::ToEnd(0),
+        Action::Quiesce(GpDomain::TasksTrace),
+        Action::Quiesce(GpDomain::Rcu),
+    ];
+    let stepper = Stepper::new(Schedule::Plan(plan));
+    let k = Arc::new(Kernel::builder().cpus(2).stepped(&stepper).mutations(mutations).build());
+    let map = k.map_create(MapType::Task, MapAttr::new(8)).unwrap();
+    let (_, task) = k.task_spawn();
+    k.map_update_elem(0, map, task, &[6; 8], BPF_ANY).unwrap();
+    let read = Arc::new(Mutex::new(Err(String::new())));
+    let (k0, k1, out) = (k.clone(), k.clone(), read.clone());
+    let bodies: Vec<CpuBody> = vec![
+        Box::new(move || {
+            *out.lock().unwrap() = k0.run_prog(0, true, |p| {
+                let v = p.storage_get(map, task, None, 0).expect("present");
+                p.hold();
+                v.read("sleepable program after the delete").map_err(|e| format!("{e:?}"))
+            });
+        }),
+        Box::new(move || k1.map_delete_elem(1, map, task).unwrap()),
+    ];
+    let report = stepper.run(bodies);
+    let read = read.lock().unwrap().clone();
+    (report, read, k)
+}
+
+#[test]
+fn a_plan_pauses_at_a_probe_point_and_drives_the_grace_periods() {
+    let (report, read, k) = planned_hold(Mutations::default());
+    assert!(!report.deadlock && report.results.iter().all(Result::is_ok), "{report:?}");
+    assert_eq!(read, Ok(vec![6; 8]), "the deleted element lives until the reader leaves");
+    let pos = |body: usize, site: &str| {
+        report.events.iter().position(|e| *e == (body, site)).unwrap_or_else(|| {
+            panic!("no ({body}, {site}) in {:?}", report.events);
+        })
+    };
+    // Body 0 stopped at its hold; body 1 ran to its end meanwhile; the grace periods the plan
+    // asked for ran before body 0 resumed, and the last ones after it ended.
+    let (hold, end1, end0) = (pos(0, "prog_hold"), pos(1, "body_end"), pos(0, "body_end"));
+    assert!(hold < end1 && end1 < end0, "{:?}", report.events);
+    let gp = |range: std::ops::Range<usize>| {
+        report.events[range].iter().filter(|e| e.0 == GRACE_PERIODS).count()
+    };
+    assert!(gp(end1..end0) > 0, "grace periods moved while body 0 held the value");
+    assert!(gp(end0..report.events.len()) > 0, "the final quiesce freed the element");
+    // Replays identically.
+    assert_eq!(planned_hold(Mutations::default()).0, report);
+    assert_eq!(k.shutdown().unwrap(), 0);
+    assert!(k.violations().is_empty(), "{:?}", k.violations().snapshot());
+
+    // B8a: delete with reuse_now frees at once, and the held value is a use after free.
+    let (_, read, k) = planned_hold(Mutations { delete_reuse_now: true, ..Mutations::default() });
+    let v = k.violations().snapshot();
+    assert!(read.is_err(), "B8a went unnoticed: {read:?}");
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert_eq!(v[0].kind, bpfls_mem_alloc::ViolationKind::UseAfterFree, "{v:?}");
+    assert_eq!(v[0].site, "sleepable program after the delete");
+}
+
+#[test]
+fn the_random_scheduler_moves_grace_periods_while_bodies_run() {
+    // Some seed runs a grace-period step between two bodies' events, before the last ends.
+    let mid_run = (0..50).any(|seed| {
+        let (report, ..) = contended_run(Schedule::Random(seed));
+        let last_end = report.events.iter().rposition(|e| e.1 == "body_end").unwrap();
+        report.events[..last_end].iter().any(|e| e.0 == GRACE_PERIODS)
+    });
+    assert!(mid_run, "no seed of 50 stepped a grace period mid-run");
 }
