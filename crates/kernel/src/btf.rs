@@ -17,6 +17,12 @@
 pub use bpfls_local_storage::btf::{CHAR_ARRAY_BASE, INT, LONG, char_array};
 
 /// What a type id names.
+///
+/// ```
+/// use bpfls_kernel::btf::{self, BtfType};
+/// assert_eq!(btf::resolve(btf::LONG), Some(BtfType::Int(8)));
+/// assert_eq!(btf::resolve(btf::char_array(16)), Some(BtfType::CharArray(16)));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BtfType {
     /// A signed integer of this many bytes.
@@ -27,6 +33,15 @@ pub enum BtfType {
 
 impl BtfType {
     /// The type's size in bytes.
+    ///
+    /// ```
+    /// use bpfls_kernel::btf;
+    /// use bpfls_local_storage::MapAttr;
+    /// // `MapAttr::new(24)` names `char[24]`: 24 bytes, the size `map_create` requires.
+    /// let attr = MapAttr::new(24);
+    /// assert_eq!(btf::resolve(attr.btf_value_type_id).map(|t| t.size()), Some(24));
+    /// assert_eq!(btf::resolve(attr.btf_key_type_id).map(|t| t.size()), Some(4));
+    /// ```
     pub fn size(self) -> u32 {
         match self {
             BtfType::Int(n) | BtfType::CharArray(n) => n,

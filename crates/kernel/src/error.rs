@@ -29,6 +29,14 @@ pub struct Error {
 
 impl Error {
     /// An error with `errno` about `detail` (a phrase: "fd 9 is not open").
+    ///
+    /// ```
+    /// use bpfls_kernel::Error;
+    /// use bpfls_local_storage::Errno;
+    /// let e = Error::new(Errno::EBUSY, "the recursion guard is held on CPU 0");
+    /// assert_eq!(e, Errno::EBUSY);
+    /// assert_eq!(e.to_string(), "EBUSY (16): the recursion guard is held on CPU 0");
+    /// ```
     pub fn new(errno: Errno, detail: impl Into<String>) -> Self {
         Error { errno, detail: detail.into() }
     }

@@ -8,6 +8,20 @@ use bpfls_sync::untracked;
 use std::fmt;
 
 /// A task, socket, inode or cgroup.
+///
+/// Users never hold one: the [`Kernel`](crate::Kernel) keeps its owners and hands out fds that
+/// name them ([`Kernel::task_spawn`](crate::Kernel::task_spawn) and the like), so the examples
+/// here work through those fds. Errors name an owner by its kind and id:
+///
+/// ```
+/// # use bpfls_kernel::{Kernel, MapType};
+/// # use bpfls_local_storage::MapAttr;
+/// let k = Kernel::builder().build();
+/// let map = k.map_create(MapType::Inode, MapAttr::new(8)).unwrap();
+/// let (ino, fd) = k.inode_create();
+/// let e = k.map_lookup_elem(0, map, fd).unwrap_err();
+/// assert_eq!(e.detail(), format!("no element for inode {ino} in map fd {map}"));
+/// ```
 pub struct OwnerObj {
     kind: MapType,
     id: u64,
@@ -39,12 +53,39 @@ impl OwnerObj {
         }
     }
 
-    /// Which map type can hold storage for it.
+    /// Which map type can hold storage for it. The facade checks it for every key fd: an fd
+    /// naming an owner of another kind is `-EBADF`.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Kernel, MapType};
+    /// # use bpfls_local_storage::{Errno, MapAttr, flags::BPF_ANY};
+    /// let k = Kernel::builder().build();
+    /// let cgroups = k.map_create(MapType::Cgrp, MapAttr::new(8)).unwrap();
+    /// let (_, cgfd) = k.cgroup_mkdir();
+    /// let (_, pidfd) = k.task_spawn();
+    /// assert!(k.map_update_elem(0, cgroups, cgfd, &[1; 8], BPF_ANY).is_ok());
+    /// let e = k.map_update_elem(0, cgroups, pidfd, &[1; 8], BPF_ANY).unwrap_err();
+    /// assert_eq!(e, Errno::EBADF);
+    /// assert_eq!(e.detail(), format!("fd {pidfd} is not a cgroup fd"));
+    /// ```
     pub fn kind(&self) -> MapType {
         self.kind
     }
 
-    /// Whether it is still alive (not exited, closed, evicted, removed).
+    /// Whether it is still alive (not exited, closed, evicted, removed). A dead owner takes no
+    /// new storage: syscalls through an fd that still names it get `-ENOENT`.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Kernel, MapType};
+    /// # use bpfls_local_storage::{Errno, MapAttr, flags::BPF_ANY};
+    /// let k = Kernel::builder().build();
+    /// let map = k.map_create(MapType::Task, MapAttr::new(8)).unwrap();
+    /// let (pid, pidfd) = k.task_spawn();
+    /// k.task_exit(0, pidfd).unwrap();
+    /// let e = k.map_update_elem(0, map, pidfd, &[1; 8], BPF_ANY).unwrap_err();
+    /// assert_eq!(e, Errno::ENOENT);
+    /// assert_eq!(e.detail(), format!("task {pid} is gone"));
+    /// ```
     pub fn alive(&self) -> bool {
         self.alive.load(untracked::Ordering::Relaxed)
     }
@@ -59,7 +100,24 @@ impl OwnerObj {
         matches!(self.kind, MapType::Task | MapType::Cgrp)
     }
 
-    /// `sk_omem_alloc` for sockets, 0 otherwise.
+    /// `sk_omem_alloc` for sockets, 0 otherwise; read it with
+    /// [`Kernel::socket_charge`](crate::Kernel::socket_charge). It never exceeds `optmem_max`:
+    /// a charge that would is refused (`-ENOMEM`) and leaves it unchanged.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Kernel, MapType};
+    /// # use bpfls_local_storage::{Errno, MapAttr, flags::BPF_ANY};
+    /// let k = Kernel::builder().optmem_max(300).build();
+    /// let a = k.map_create(MapType::Sk, MapAttr::new(8)).unwrap();
+    /// let b = k.map_create(MapType::Sk, MapAttr::new(8)).unwrap();
+    /// let (_, sock) = k.socket_create();
+    /// k.map_update_elem(0, a, sock, &[1; 8], BPF_ANY).unwrap();
+    /// let charged = k.socket_charge(sock).unwrap();
+    /// assert!(0 < charged && charged <= 300);
+    /// let e = k.map_update_elem(0, b, sock, &[2; 8], BPF_ANY).unwrap_err();
+    /// assert_eq!(e, Errno::ENOMEM);
+    /// assert_eq!(k.socket_charge(sock).unwrap(), charged);
+    /// ```
     pub fn charged_bytes(&self) -> u64 {
         self.optmem.as_ref().map_or(0, Optmem::charged)
     }
