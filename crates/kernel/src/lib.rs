@@ -624,12 +624,14 @@ impl Kernel {
     /// The violation collector.
     ///
     /// ```
-    /// # use bpfls_kernel::{Kernel, MapType};
+    /// # use bpfls_kernel::{Kernel, MapType, Schedule, Stepper};
     /// # use bpfls_local_storage::{MapAttr, Mutations, flags::BPF_ANY};
-    /// use bpfls_mem_alloc::ViolationKind;
+    /// # use bpfls_mem_alloc::ViolationKind;
     /// // Bug zoo B8a: the delete path frees for immediate reuse, under a sleepable reader.
     /// let b8a = Mutations { delete_reuse_now: true, ..Mutations::default() };
-    /// let k = Kernel::builder().mutations(b8a).build();
+    /// // Stepped, so the allocator's refills run inline and reuse is deterministic.
+    /// let stepper = Stepper::new(Schedule::Random(0));
+    /// let k = Kernel::builder().stepped(&stepper).mutations(b8a).build();
     /// # let map = k.map_create(MapType::Task, MapAttr::new(8)).unwrap();
     /// # let ((_, t1), (_, t2)) = (k.task_spawn(), k.task_spawn());
     /// # k.map_update_elem(0, map, t1, &[1; 8], BPF_ANY).unwrap();

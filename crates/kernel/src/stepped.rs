@@ -177,7 +177,8 @@ struct Sched {
     cpus: Vec<CpuState>,
     threads: HashMap<ThreadId, usize>,
     events: Vec<(usize, &'static str)>,
-    /// Bumped whenever something happens that may unblock a waiter.
+    /// Bumped whenever something happens that may unblock a waiter (a lock released, a reader
+    /// leaving, a callback queued, a body ending, grace-period work).
     epoch: u64,
     /// The baton holder is stepping the grace periods (its probe hits only record).
     driving: bool,
@@ -716,10 +717,18 @@ impl ProbeHook for Stepper {
         }
         Self::track_locks(&mut s, me, e);
         s.events.push((me, e.site));
-        s.epoch += 1;
+        if matches!(e.site, "storage_lock_release" | "bucket_lock_release" | "read_unlock" | "call")
+        {
+            // What a waiter may be waiting for: a lock, a reader leaving, a callback queued
+            // (grace periods and callbacks move in `drive`, which counts too).
+            s.epoch += 1;
+        }
         if s.deadlock {
             return verdict;
         }
+        // Waiters whose condition may have changed become candidates again, so a finished
+        // `synchronize` or a released lock lets its waiter go on while others still run.
+        Self::wake_stale(&mut s);
         if let Some(Action::Until(b, site)) = Self::plan_action(&mut s)
             && b == me
             && site == e.site

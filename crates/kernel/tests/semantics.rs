@@ -579,8 +579,6 @@ impl ProbeHook for AtProbe {
 /// §2.12 step 3: the clone takes `bpf_map_inc_not_zero`, so a map whose last reference is
 /// gone is skipped even while `map_free` has not yet unlinked its elements.
 #[test]
-#[ignore = "needs bpfls-local-storage's clone_storage to skip a map as soon as map_free \
-            starts (it skipped only maps whose map_free had finished); un-ignore with that fix"]
 fn accept_skips_a_clone_map_that_is_being_freed() {
     let (hook, k) = AtProbe::kernel("bucket_lock_acquire", 1 << 16);
     let dying = k.map_create(MapType::Sk, MapAttr::new(8).with_flags(clone_flags())).unwrap();

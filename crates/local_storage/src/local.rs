@@ -239,6 +239,9 @@ pub struct Smap {
     /// Set when map_free has finished: a free callback that still runs afterwards would use a
     /// freed smap in the kernel (I9).
     freed: untracked::AtomicBool,
+    /// Set when map_free starts (the map's refcount is 0): `bpf_map_inc_not_zero` in a socket
+    /// clone fails from then on (§2.12 step 3).
+    dying: untracked::AtomicBool,
 }
 
 impl fmt::Debug for Smap {
@@ -531,6 +534,7 @@ impl LocalStorage {
                 .collect(),
             selems,
             freed: untracked::AtomicBool::new(false),
+            dying: untracked::AtomicBool::new(false),
         });
         let chunk = inner.maps[id as usize / 256]
             .get_or_init(|| (0..256).map(|_| untracked::OnceLock::new()).collect());
@@ -1239,6 +1243,9 @@ impl LocalStorage {
     /// allocator.
     pub fn map_free(&self, cpu: u32, smap: Arc<Smap>) {
         let inner = &self.inner;
+        // No new user from here (the refcount is 0); the synchronize below waits for a clone
+        // that found this map before.
+        smap.dying.store(true, untracked::Ordering::Relaxed);
         inner.cache_idx.put(smap.cache_idx);
         inner.domains.rcu.synchronize();
         for b in smap.buckets.iter() {
@@ -1356,6 +1363,12 @@ impl LocalStorage {
                 if !m.selem_slab().is_live(h) {
                     out.push(format!(
                         "I4: storage {sh} links to a freed selem {h} of map {}",
+                        m.id
+                    ));
+                }
+                if m.freed.load(untracked::Ordering::Relaxed) {
+                    out.push(format!(
+                        "I4: storage {sh} links selem {h} of map {}, which map_free has freed",
                         m.id
                     ));
                 }
@@ -1483,7 +1496,8 @@ impl LocalStorage {
             // ORDERING: Acquire pairs with the Release store of `snode_next` at insertion.
             let next = sel.snode_next.load(Ordering::Acquire);
             if m.attr.map_flags & crate::flags::MapFlags::CLONE.bits() != 0
-                && !m.freed.load(untracked::Ordering::Relaxed)
+                // `bpf_map_inc_not_zero`: skip a map whose last reference is gone.
+                && !m.dying.load(untracked::Ordering::Relaxed)
             {
                 let value = {
                     let _g = m.attr.layout.spin_lock.then(|| sel.value_lock.lock());
