@@ -621,7 +621,7 @@ sweeps! {
 /// Every probe point the workloads pass, and whether a failure verdict there has an effect.
 /// C9 asks for the list of failable sites to be enumerated and checked complete: a site added
 /// to the core without being listed here fails this test.
-const SITES: [(&str, bool); 20] = [
+const SITES: [(&str, bool); 22] = [
     ("barrier", false),
     ("bucket_lock_acquire", false),
     ("bucket_lock_release", false),
@@ -629,6 +629,8 @@ const SITES: [(&str, bool); 20] = [
     ("callback_invoke", false),
     ("gp_end", false),
     ("gp_start", false),
+    ("local_storage_lookup", false),
+    ("local_storage_update", false),
     ("lookup_cache_insert", false),
     ("mem_cache_active", false),
     ("read_lock", false),

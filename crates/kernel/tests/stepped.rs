@@ -224,10 +224,13 @@ fn two_cpus(
 
 #[test]
 fn script_reproduces_r1_the_storage_allocation_race() {
-    // CPU 0 runs past its first probe point (`read_lock`) and stops at the second (allocating
-    // its selem: it has seen no storage, and its own is not yet published);
-    // CPU 1 creates the task's storage; CPU 0's compare-and-swap then loses: -EAGAIN.
-    let stepper = Stepper::new(Schedule::Script(vec![0, 1]));
+    // CPU 0 runs until it allocates its selem (it has seen no storage, and its own is not yet
+    // published); CPU 1 creates the task's storage; CPU 0's compare-and-swap then loses.
+    let stepper = Stepper::new(Schedule::Plan(vec![
+        Action::Until(0, "selem_alloc".into()),
+        Action::ToEnd(1),
+        Action::ToEnd(0),
+    ]));
     let k = Arc::new(Kernel::builder().cpus(2).stepped(&stepper).build());
     let map = k.map_create(MapType::Task, MapAttr::new(8)).unwrap();
     let (_, task) = k.task_spawn();
@@ -248,9 +251,13 @@ fn script_reproduces_r1_the_storage_allocation_race() {
 #[test]
 fn script_reproduces_r2_update_meets_the_last_delete() {
     // The task's storage holds one element (map A). CPU 0 adds an element of map B and stops
-    // at its second probe point (allocating, after finding the storage, before taking S); CPU 1 deletes the last
+    // when it allocates (after finding the storage, before taking S); CPU 1 deletes the last
     // element, which frees the storage; CPU 0 then finds the list empty under S: -EAGAIN.
-    let stepper = Stepper::new(Schedule::Script(vec![0, 1]));
+    let stepper = Stepper::new(Schedule::Plan(vec![
+        Action::Until(0, "selem_alloc".into()),
+        Action::ToEnd(1),
+        Action::ToEnd(0),
+    ]));
     let k = Arc::new(Kernel::builder().cpus(2).stepped(&stepper).build());
     let (ma, mb) = (
         k.map_create(MapType::Task, MapAttr::new(8)).unwrap(),

@@ -635,6 +635,11 @@ impl LocalStorage {
         smap: &Arc<Smap>,
         cacheit: bool,
     ) -> Option<SelemRef> {
+        // The entry of `bpf_local_storage_lookup`: where fentry programs attach (C10).
+        let probes = &self.inner.cfg.probes;
+        if probes.is_attached() {
+            probes.hit("local_storage_lookup", Some(cpu), &[("map", u64::from(smap.id))]);
+        }
         let idx = smap.cache_idx as usize;
         // ORDERING: Acquire pairs with the Release store of the cache slot (under S): the
         // selem it names is fully linked.
@@ -1005,6 +1010,11 @@ impl LocalStorage {
         flags: u64,
         sleepable: bool,
     ) -> Result<SelemRef, Errno> {
+        // The entry of `bpf_local_storage_update`: where fentry programs attach (C10).
+        let probes = &self.inner.cfg.probes;
+        if probes.is_attached() {
+            probes.hit("local_storage_update", Some(cpu), &[("map", u64::from(smap.id))]);
+        }
         let layout = smap.attr.layout;
         if (flags & !BPF_F_LOCK) > BPF_EXIST
             || (flags & BPF_F_LOCK != 0 && !layout.spin_lock)
