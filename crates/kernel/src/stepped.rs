@@ -42,6 +42,26 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 /// How the next CPU is chosen at each probe point.
+///
+/// ```
+/// # use bpfls_kernel::{CpuBody, Kernel, MapType, Schedule, Stepper};
+/// # use bpfls_local_storage::{MapAttr, flags::BPF_ANY};
+/// # use std::sync::Arc;
+/// // The same seed gives the same interleaving, event for event.
+/// let run = |seed| {
+///     let stepper = Stepper::new(Schedule::Random(seed));
+///     let k = Arc::new(Kernel::builder().stepped(&stepper).build());
+///     let map = k.map_create(MapType::Task, MapAttr::new(8)).unwrap();
+///     let (_, t) = k.task_spawn();
+///     let bodies: Vec<CpuBody> = (0..2u32).map(|cpu| {
+///         let k = k.clone();
+///         Box::new(move || { let _ = k.map_update_elem(cpu, map, t, &[cpu as u8; 8], BPF_ANY); })
+///             as CpuBody
+///     }).collect();
+///     stepper.run(bodies).events
+/// };
+/// assert_eq!(run(7), run(7));
+/// ```
 #[derive(Debug, Clone)]
 pub enum Schedule {
     /// Uniformly among the runnable CPUs, from a seeded generator.
@@ -70,9 +90,30 @@ pub enum Schedule {
 }
 
 /// The pseudo-body that grace-period steps are attributed to in [`RunReport::events`].
+///
+/// ```
+/// # use bpfls_kernel::{Action, CpuBody, GRACE_PERIODS, GpDomain, Kernel, Schedule, Stepper};
+/// # use std::sync::Arc;
+/// let stepper = Stepper::new(Schedule::Plan(vec![
+///     Action::ToEnd(0),
+///     Action::Quiesce(GpDomain::Rcu),
+/// ]));
+/// let k = Arc::new(Kernel::builder().stepped(&stepper).build());
+/// let k0 = k.clone();
+/// let body: CpuBody = Box::new(move || k0.domains().rcu.call(|| ()));
+/// let report = stepper.run(vec![body]);
+/// assert!(report.events.contains(&(GRACE_PERIODS, "callback_invoke")));
+/// ```
 pub const GRACE_PERIODS: usize = usize::MAX;
 
 /// A grace-period domain, for [`Action`].
+///
+/// ```
+/// use bpfls_kernel::{Action, GpDomain};
+/// // "End every Tasks-Trace grace period the readers allow, then every RCU one."
+/// let tail = [Action::Quiesce(GpDomain::TasksTrace), Action::Quiesce(GpDomain::Rcu)];
+/// assert_ne!(tail[0], tail[1]);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum GpDomain {
     /// Normal RCU.
@@ -82,6 +123,33 @@ pub enum GpDomain {
 }
 
 /// One action of a [`Schedule::Plan`].
+///
+/// Race R1, scripted: CPU 0 stops once it has allocated its element (it saw no storage),
+/// CPU 1 creates the task's storage, and CPU 0's publication then loses with `-EAGAIN`.
+///
+/// ```
+/// # use bpfls_kernel::{Action, CpuBody, Kernel, MapType, ResultExt, Schedule, Stepper};
+/// # use bpfls_local_storage::{Errno, MapAttr, flags::BPF_ANY};
+/// # use std::sync::{Arc, Mutex};
+/// let stepper = Stepper::new(Schedule::Plan(vec![
+///     Action::Until(0, "selem_alloc".into()),
+///     Action::ToEnd(1),
+///     Action::ToEnd(0),
+/// ]));
+/// let k = Arc::new(Kernel::builder().stepped(&stepper).build());
+/// let map = k.map_create(MapType::Task, MapAttr::new(8)).unwrap();
+/// let (_, t) = k.task_spawn();
+/// let out = Arc::new(Mutex::new(vec![Ok(()); 2]));
+/// let bodies: Vec<CpuBody> = (0..2u32).map(|cpu| {
+///     let (k, out) = (k.clone(), out.clone());
+///     Box::new(move || {
+///         out.lock().unwrap()[cpu as usize] =
+///             k.map_update_elem(cpu, map, t, &[1; 8], BPF_ANY).errno();
+///     }) as CpuBody
+/// }).collect();
+/// stepper.run(bodies);
+/// assert_eq!(*out.lock().unwrap(), [Err(Errno::EAGAIN), Ok(())]);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Action {
     /// Run this body until it passes the probe point named (it stops there), or ends.
@@ -186,6 +254,22 @@ struct Sched {
 }
 
 /// The stepped executor. See the module documentation.
+///
+/// ```
+/// # use bpfls_kernel::{CpuBody, Kernel, Schedule, Stepper};
+/// # use std::sync::Arc;
+/// // A CPU that waits for a grace period its own read-side section blocks: reported, not hung.
+/// let stepper = Stepper::new(Schedule::Random(1));
+/// let k = Arc::new(Kernel::builder().stepped(&stepper).build());
+/// let k0 = k.clone();
+/// let body: CpuBody = Box::new(move || {
+///     let _reader = k0.domains().rcu.read_lock(0);
+///     k0.domains().rcu.synchronize();
+/// });
+/// let report = stepper.run(vec![body]);
+/// assert!(report.deadlock);
+/// assert_eq!(report.wait_for, ["body 0 (CPU 0, Task) waits for a grace period that cannot end"]);
+/// ```
 pub struct Stepper {
     sched: Mutex<Sched>,
     cv: Condvar,
@@ -201,6 +285,17 @@ impl fmt::Debug for Stepper {
 }
 
 /// What a stepped run did.
+///
+/// ```
+/// # use bpfls_kernel::{CpuBody, Kernel, Schedule, Stepper};
+/// let stepper = Stepper::new(Schedule::Random(0));
+/// let _k = Kernel::builder().stepped(&stepper).build();
+/// let bodies: Vec<CpuBody> = vec![Box::new(|| {}), Box::new(|| panic!("oops"))];
+/// let report = stepper.run(bodies);
+/// assert_eq!(report.results, [Ok(()), Err("oops".to_string())]);
+/// assert_eq!(report.events, [(0, "body_start"), (0, "body_end"), (1, "body_start"), (1, "body_end")]);
+/// assert!(!report.deadlock && report.wait_for.is_empty());
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunReport {
     /// Per CPU: `Ok` or the panic message (a deadlock report is one).
@@ -216,16 +311,53 @@ pub struct RunReport {
 }
 
 /// One logical CPU's work in [`Stepper::run`].
+///
+/// ```
+/// use bpfls_kernel::CpuBody;
+/// let body: CpuBody = Box::new(|| println!("runs on its logical CPU"));
+/// # body();
+/// ```
 pub type CpuBody = Box<dyn FnOnce() + Send>;
 
 impl Stepper {
     /// An executor with this schedule.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Kernel, Schedule, Stepper};
+    /// let stepper = Stepper::new(Schedule::Pct { seed: 3, depth: 2, steps: 100 });
+    /// let k = Kernel::builder().stepped(&stepper).build();
+    /// # let _ = k;
+    /// ```
     pub fn new(schedule: Schedule) -> Arc<Self> {
         Self::build(schedule, None)
     }
 
     /// An executor that also runs `tracer` at every probe point, on the CPU that passes it,
     /// before scheduling: how tracing programs attach in stepped mode.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{CpuBody, Kernel, MapType, Schedule, Stepper};
+    /// # use bpfls_local_storage::{MapAttr, flags::BPF_ANY};
+    /// use bpfls_sync::probe::{ProbeEvent, ProbeHook, Verdict};
+    /// use std::sync::{Arc, atomic::{AtomicU64, Ordering}};
+    /// #[derive(Default)]
+    /// struct CountUpdates(AtomicU64);
+    /// impl ProbeHook for CountUpdates {
+    ///     fn hit(&self, e: &ProbeEvent<'_>) -> Verdict {
+    ///         if e.site == "local_storage_update" { self.0.fetch_add(1, Ordering::Relaxed); }
+    ///         Verdict::Continue
+    ///     }
+    /// }
+    /// let tracer = Arc::new(CountUpdates::default());
+    /// let stepper = Stepper::with_tracer(Schedule::Random(0), tracer.clone());
+    /// let k = Arc::new(Kernel::builder().stepped(&stepper).build());
+    /// # let map = k.map_create(MapType::Task, MapAttr::new(8)).unwrap();
+    /// # let (_, t) = k.task_spawn();
+    /// let k0 = k.clone();
+    /// let body: CpuBody = Box::new(move || k0.map_update_elem(0, map, t, &[1; 8], BPF_ANY).unwrap());
+    /// stepper.run(vec![body]);
+    /// assert_eq!(tracer.0.load(Ordering::Relaxed), 1);
+    /// ```
     pub fn with_tracer(schedule: Schedule, tracer: Arc<dyn ProbeHook>) -> Arc<Self> {
         Self::build(schedule, Some(tracer))
     }
@@ -273,6 +405,23 @@ impl Stepper {
 
     /// Runs each closure as a logical CPU (CPU `i` runs `cpus[i]`, in task context), one at a
     /// time, CPU 0 first. Runs do not overlap: call it from one thread at a time.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{CpuBody, Kernel, MapType, Schedule, Stepper};
+    /// # use bpfls_local_storage::{MapAttr, flags::BPF_ANY};
+    /// # use std::sync::Arc;
+    /// let stepper = Stepper::new(Schedule::Random(42));
+    /// let k = Arc::new(Kernel::builder().cpus(2).stepped(&stepper).build());
+    /// let map = k.map_create(MapType::Task, MapAttr::new(8)).unwrap();
+    /// let (_, t) = k.task_spawn();
+    /// let (k0, k1) = (k.clone(), k.clone());
+    /// let report = stepper.run(vec![
+    ///     Box::new(move || { let _ = k0.map_update_elem(0, map, t, &[1; 8], BPF_ANY); }),
+    ///     Box::new(move || { let _ = k1.map_delete_elem(1, map, t); }),
+    /// ]);
+    /// assert!(report.results.iter().all(Result::is_ok) && !report.deadlock);
+    /// assert_eq!(k.shutdown().unwrap(), 0);
+    /// ```
     pub fn run(self: &Arc<Self>, cpus: Vec<CpuBody>) -> RunReport {
         let placed =
             cpus.into_iter().enumerate().map(|(i, b)| (i as u32, Context::Task, b)).collect();
@@ -282,6 +431,21 @@ impl Stepper {
     /// Runs each body on a kernel CPU in a context (module docs, "Contexts"), one at a time,
     /// body 0 first; the report's per-body entries follow the order of `bodies`. The body's
     /// code must pass its CPU to the kernel calls it makes.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Context, CpuBody, Kernel, Schedule, Stepper};
+    /// # use std::sync::Arc;
+    /// // A task on CPU 0 and a softirq asked to interrupt it at its first probe point: the
+    /// // softirq runs to its end before the task resumes.
+    /// let stepper = Stepper::new(Schedule::Script(vec![1]));
+    /// let k = Arc::new(Kernel::builder().stepped(&stepper).build());
+    /// let (k0, k1) = (k.clone(), k.clone());
+    /// let task: CpuBody = Box::new(move || { let _r = k0.domains().rcu.read_lock(0); });
+    /// let irq: CpuBody = Box::new(move || { let _r = k1.domains().rcu.read_lock(0); });
+    /// let report = stepper.run_placed(vec![(0, Context::Task, task), (0, Context::Softirq, irq)]);
+    /// let sites: Vec<_> = report.events.iter().map(|e| (e.0, e.1)).collect();
+    /// assert_eq!(&sites[..4], [(0, "body_start"), (0, "read_lock"), (1, "body_start"), (1, "body_end")]);
+    /// ```
     pub fn run_placed(self: &Arc<Self>, bodies: Vec<(u32, Context, CpuBody)>) -> RunReport {
         let n = bodies.len();
         let cpus: Vec<CpuBody> = {
