@@ -3,12 +3,14 @@
 //! the per-CPU recursion guards and the violation collector, and it is the only crate that
 //! knows what a task, a socket, an inode, a cgroup or an fd is.
 //!
-//! **Work in progress** (issue 5): owners with their lifetimes (§1.6), the fd table, map
-//! creation and map lifetime through references (fds, in-flight syscalls, running programs;
-//! §2.8), the syscalls (§2.11) and the storage helpers with the bpf_ma-era busy counter are
-//! here, in threaded mode and in stepped mode ([`Stepper`]: seeded, scripted or PCT schedules,
-//! tracing programs at probe points, deadlock reports). Contexts (softirq / hardirq / NMI) and
-//! profiles other than bpf_ma are not yet.
+//! What it models, for the bpf_ma profile (the busy-counter era): owners with their lifetimes
+//! (§1.6), the fd table, map creation with the attribute and BTF checks and map lifetime
+//! through references (fds, in-flight syscalls, running programs; §2.8), the syscalls and the
+//! storage helpers with the recursion guard (§2.11), socket clone on accept (§2.12), programs
+//! of a type, sleepable or not, in a CPU context ([`ProgSpec`]), errors that say what they are
+//! about ([`Error`]), in threaded mode and in stepped mode ([`Stepper`]: seeded, scripted,
+//! planned or PCT schedules, CPU contexts, tracing programs at probe points, deadlock reports
+//! with the wait-for cycle). The rqspinlock profile (V-RQ) is not modelled.
 //!
 //! ```
 //! use bpfls_kernel::{Kernel, MapType};
