@@ -52,6 +52,12 @@ fn is_loom_file(path: &str) -> bool {
     matches!(parts.as_slice(), ["crates", _, "tests", file] if file.starts_with("loom_") && file.ends_with(".rs"))
 }
 
+/// The kernel facade's integration tests, which state the semantics era they assert (C15).
+fn is_kernel_test(path: &str) -> bool {
+    let parts: Vec<&str> = path.split('/').collect();
+    matches!(parts.as_slice(), ["crates", "kernel", "tests", file] if file.ends_with(".rs"))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Lexing
 
@@ -417,6 +423,25 @@ fn check_loom_file(path: &str, text: &str) -> Vec<String> {
     vec![offence(path, 0, &format!("loom test files must start with `{ATTR}` (file has no code)"))]
 }
 
+/// Check C15: a kernel test states the era its expectations hold for, in its module docs:
+/// a `//! Era: ...` line naming a `Profile` (today only `bpf_ma`).
+fn check_era_declared(path: &str, text: &str) -> Vec<String> {
+    const ERAS: &[&str] = &["bpf_ma"];
+    for line in text.lines() {
+        if let Some(rest) = line.trim().strip_prefix("//! Era:") {
+            if ERAS.iter().any(|e| rest.trim_start().starts_with(e)) {
+                return Vec::new();
+            }
+            return vec![offence(
+                path,
+                0,
+                &format!("unknown era in `{}` (known: {ERAS:?})", line.trim()),
+            )];
+        }
+    }
+    vec![offence(path, 0, "kernel tests must state their era: a `//! Era: bpf_ma` line (C15)")]
+}
+
 /// The name of the public item whose declaration starts `code`, for the kinds that must carry
 /// a doc example: `pub` (not `pub(...)`) `fn`, `struct`, `enum`, `trait`, `const` and `type`,
 /// after any of the qualifiers `const` (of a `const fn`), `async`, `unsafe`, `extern "abi"`.
@@ -722,6 +747,11 @@ fn public_items_have_doc_examples() {
 }
 
 #[test]
+fn kernel_tests_state_their_era() {
+    assert_clean("kernel_tests_state_their_era", check_repo(is_kernel_test, check_era_declared));
+}
+
+#[test]
 fn loom_files_are_cfg_loom() {
     assert_clean("loom_files_are_cfg_loom", check_repo(is_loom_file, check_loom_file));
 }
@@ -758,6 +788,17 @@ mod fixtures {
 
     fn lines_of(offences: &[String]) -> Vec<&str> {
         offences.iter().map(|o| o.split(':').nth(1).unwrap()).collect()
+    }
+
+    #[test]
+    fn era_rule_wants_a_known_era_line() {
+        assert!(
+            check_era_declared("t.rs", "//! Tests.\n//!\n//! Era: bpf_ma (v6.4+).\n").is_empty()
+        );
+        assert_eq!(check_era_declared("t.rs", "//! Tests.\n#![cfg(not(loom))]\n").len(), 1);
+        assert_eq!(check_era_declared("t.rs", "//! Era: rqspinlock\n").len(), 1);
+        assert!(is_kernel_test("crates/kernel/tests/facade.rs"));
+        assert!(!is_kernel_test("crates/rcu/tests/api.rs"));
     }
 
     #[test]

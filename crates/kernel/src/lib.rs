@@ -50,6 +50,29 @@ use bpfls_sync::{Arc, CachePadded, Mutex, untracked};
 use std::collections::BTreeMap;
 use std::fmt;
 
+/// `bpf(2)` command numbers, the `cmd` field of the `sys_enter` probe point.
+const BPF_MAP_LOOKUP_ELEM: u64 = 1;
+const BPF_MAP_UPDATE_ELEM: u64 = 2;
+const BPF_MAP_DELETE_ELEM: u64 = 3;
+
+/// The semantics era a kernel reproduces (check C15: every test states the era its
+/// expectations hold for). Only the bpf_ma era is modelled.
+///
+/// ```
+/// use bpfls_kernel::{Kernel, Profile};
+/// let k = Kernel::builder().profile(Profile::BpfMa).build();
+/// assert_eq!(k.profile(), Profile::BpfMa);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Profile {
+    /// v6.4 – v6.18: task and cgroup storage on `bpf_mem_alloc` (immediate reuse on
+    /// `reuse_now`), sk and inode storage on kmalloc, the per-CPU busy counters, PREEMPT_RT
+    /// forcing `bpf_mem_alloc` everywhere (Dec 2024).
+    #[default]
+    BpfMa,
+}
+
 /// The four local-storage map types.
 ///
 /// ```
@@ -241,6 +264,7 @@ impl ProgSpec {
 /// ```
 #[derive(Debug, Clone)]
 pub struct KernelBuilder {
+    profile: Profile,
     cpus: u32,
     trace_implies_rcu: bool,
     optmem_max: u64,
@@ -252,6 +276,17 @@ pub struct KernelBuilder {
 }
 
 impl KernelBuilder {
+    /// The era to reproduce (default and only one: [`Profile::BpfMa`]).
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Kernel, Profile};
+    /// let k = Kernel::builder().profile(Profile::BpfMa).cpus(4).build();
+    /// assert_eq!((k.profile(), k.cpus()), (Profile::BpfMa, 4));
+    /// ```
+    pub fn profile(self, profile: Profile) -> Self {
+        KernelBuilder { profile, ..self }
+    }
+
     /// Logical CPUs (default 2).
     ///
     /// ```
@@ -480,6 +515,7 @@ impl KernelBuilder {
             }),
             no_busy_counter: self.no_busy_counter,
             probes: self.probes.clone(),
+            profile: self.profile,
             busy: [MapType::Task, MapType::Cgrp]
                 .map(|_| (0..cpus).map(|_| CachePadded::new(AtomicU32::new(0))).collect()),
         }
@@ -556,8 +592,9 @@ pub struct Kernel {
     busy: [Box<[CachePadded<AtomicU32>]>; 2],
     /// [`KernelBuilder::without_busy_counter`].
     no_busy_counter: bool,
-    /// The probe points (shared with the storage core), for [`Prog::hold`].
+    /// The probe points (shared with the storage core), for [`Prog::hold`] and `sys_enter`.
     probes: bpfls_sync::probe::Probes,
+    profile: Profile,
 }
 
 impl fmt::Debug for Kernel {
@@ -577,6 +614,7 @@ impl Kernel {
     /// ```
     pub fn builder() -> KernelBuilder {
         KernelBuilder {
+            profile: Profile::BpfMa,
             cpus: 2,
             trace_implies_rcu: true,
             optmem_max: 20480,
@@ -586,6 +624,16 @@ impl Kernel {
             no_busy_counter: false,
             mutations: Mutations::default(),
         }
+    }
+
+    /// The era this kernel reproduces.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Kernel, Profile};
+    /// assert_eq!(Kernel::builder().build().profile(), Profile::BpfMa);
+    /// ```
+    pub fn profile(&self) -> Profile {
+        self.profile
     }
 
     /// Logical CPUs.
@@ -1144,6 +1192,16 @@ impl Kernel {
         }
     }
 
+    /// The `sys_enter` tracepoint of a `bpf(2)` syscall on `cpu`: where programs attached to a
+    /// syscall hook run (field `cmd`, the `BPF_*` command number).
+    fn sys_enter(&self, cpu: u32, cmd: u64) -> Result<(), Error> {
+        self.check_cpu(cpu)?;
+        if self.probes.is_attached() {
+            self.probes.hit("sys_enter", Some(cpu), &[("cmd", cmd)]);
+        }
+        Ok(())
+    }
+
     fn check_cpu(&self, cpu: u32) -> Result<(), Error> {
         if cpu >= self.cpus {
             Err(Error::new(Errno::EINVAL, format!("CPU {cpu} does not exist ({} CPUs)", self.cpus)))
@@ -1167,7 +1225,7 @@ impl Kernel {
     /// assert_eq!(k.map_lookup_elem(1, map, task), Ok(vec![3; 8]));
     /// ```
     pub fn map_lookup_elem(&self, cpu: u32, map_fd: i32, key_fd: i32) -> Result<Vec<u8>, Error> {
-        self.check_cpu(cpu)?;
+        self.sys_enter(cpu, BPF_MAP_LOOKUP_ELEM)?;
         let m = self.hold_map(cpu, map_fd)?;
         let owner = self.live_owner(m.ty, key_fd)?;
         let ls = self.storage(m.ty);
@@ -1204,7 +1262,7 @@ impl Kernel {
         value: &[u8],
         flags: u64,
     ) -> Result<(), Error> {
-        self.check_cpu(cpu)?;
+        self.sys_enter(cpu, BPF_MAP_UPDATE_ELEM)?;
         let m = self.hold_map(cpu, map_fd)?;
         let owner = self.live_owner(m.ty, key_fd)?;
         let dyn_owner: untracked::Arc<dyn bpfls_local_storage::Owner> = owner.clone();
@@ -1229,7 +1287,7 @@ impl Kernel {
     /// assert_eq!(k.map_delete_elem(1, map, task).unwrap_err(), Errno::ENOENT);
     /// ```
     pub fn map_delete_elem(&self, cpu: u32, map_fd: i32, key_fd: i32) -> Result<(), Error> {
-        self.check_cpu(cpu)?;
+        self.sys_enter(cpu, BPF_MAP_DELETE_ELEM)?;
         let m = self.hold_map(cpu, map_fd)?;
         let owner = self.live_owner(m.ty, key_fd)?;
         self.guarded(m.ty, cpu, true, || self.storage(m.ty).delete(cpu, owner.as_ref(), &m.smap))

@@ -1,6 +1,8 @@
 //! §2.12 step 3 against §2.8: a socket clone running while the last reference to a
 //! `BPF_F_CLONE` map drops must skip the map (`bpf_map_inc_not_zero` fails once map_free may
 //! run), never copy an element into a map whose buckets map_free has already emptied.
+//!
+//! Era: bpf_ma (`Profile::BpfMa`, the busy-counter era, v6.4 – v6.18).
 #![cfg(not(any(loom, shuttle)))]
 
 use bpfls_kernel::{CpuBody, Kernel, MapType, Schedule, Stepper};

@@ -3,10 +3,13 @@
 //! interrupts code holding a storage or bucket lock), the per-CPU busy counter makes an
 //! unrelated task on the same CPU fail (bug zoo B14), and an NMI that takes a lock its CPU
 //! already holds is reported as a deadlock with its wait-for cycle.
+//!
+//! Era: bpf_ma (`Profile::BpfMa`, the busy-counter era, v6.4 – v6.18).
 #![cfg(not(any(loom, shuttle)))]
 
 use bpfls_kernel::{
-    Context, CpuBody, Kernel, MapType, ProgSpec, ProgType, ResultExt, RunReport, Schedule, Stepper,
+    Action, Context, CpuBody, Kernel, MapType, ProgSpec, ProgType, ResultExt, RunReport, Schedule,
+    Stepper,
 };
 use bpfls_local_storage::flags::{BPF_ANY, BPF_LOCAL_STORAGE_GET_F_CREATE as F_CREATE};
 use bpfls_local_storage::{Errno, MapAttr};
@@ -17,10 +20,15 @@ use std::sync::{Arc, Mutex};
 type Seen = Arc<Mutex<Option<(Result<(), Errno>, bool)>>>;
 
 /// Task A updates its storage by syscall on CPU 0; a tracing program for task B runs on
-/// `b_cpu` and, under `script`, may start at A's first probe point (inside the syscall's busy
-/// counter window).
-fn unrelated_tasks(b_cpu: u32, script: Vec<usize>) -> (RunReport, Result<(), Errno>, Seen) {
-    let stepper = Stepper::new(Schedule::Script(script));
+/// `b_cpu`, and `preempt` makes it start when A enters `bpf_local_storage_update` (inside the
+/// syscall's busy counter window) instead of after A.
+fn unrelated_tasks(b_cpu: u32, preempt: bool) -> (RunReport, Result<(), Errno>, Seen) {
+    let plan = if preempt {
+        vec![Action::Until(0, "local_storage_update".into()), Action::ToEnd(1), Action::ToEnd(0)]
+    } else {
+        vec![Action::ToEnd(0), Action::ToEnd(1)]
+    };
+    let stepper = Stepper::new(Schedule::Plan(plan));
     let k = Arc::new(Kernel::builder().cpus(2).stepped(&stepper).build());
     let map = k.map_create(MapType::Task, MapAttr::new(8)).unwrap();
     let (_, a) = k.task_spawn();
@@ -61,9 +69,9 @@ fn unrelated_tasks(b_cpu: u32, script: Vec<usize>) -> (RunReport, Result<(), Err
 
 #[test]
 fn b14_an_unrelated_task_preempting_on_the_same_cpu_gets_a_spurious_ebusy() {
-    // B preempts A at A's first probe point, while A's syscall holds CPU 0's busy counter:
-    // B's own element exists, yet delete says -EBUSY, and B's create gets NULL.
-    let (report, a, seen) = unrelated_tasks(0, vec![1]);
+    // B preempts A inside its update, while A's syscall holds CPU 0's busy counter: B's own
+    // element exists, yet delete says -EBUSY, and B's create gets NULL.
+    let (report, a, seen) = unrelated_tasks(0, true);
     assert_eq!(a, Ok(()), "A's update is unaffected");
     assert_eq!(*seen.lock().unwrap(), Some((Err(Errno::EBUSY), false)), "{:?}", report.events);
     // B ran inside A: every event of body 1 lies between two events of body 0.
@@ -74,12 +82,12 @@ fn b14_an_unrelated_task_preempting_on_the_same_cpu_gets_a_spurious_ebusy() {
     assert!(report.events[last_b..].iter().any(|e| e.0 == 0), "A resumes after B");
 
     // The same interleaving with B on another CPU: the counter is per CPU, so no failure.
-    let (_, a, seen) = unrelated_tasks(1, vec![1]);
+    let (_, a, seen) = unrelated_tasks(1, true);
     assert_eq!(a, Ok(()));
     assert_eq!(*seen.lock().unwrap(), Some((Ok(()), true)));
 
     // And B after A on the same CPU: no failure either.
-    let (_, a, seen) = unrelated_tasks(0, vec![]);
+    let (_, a, seen) = unrelated_tasks(0, false);
     assert_eq!(a, Ok(()));
     assert_eq!(*seen.lock().unwrap(), Some((Ok(()), true)));
 }

@@ -1,5 +1,7 @@
 //! The facade's front-end rules (§2.11, §2.12, §2.8) on the bpf_ma profile: syscall errno
 //! values, map lifetime through fds, owner lifetimes, helpers, and the recursion guard.
+//!
+//! Era: bpf_ma (`Profile::BpfMa`, the busy-counter era, v6.4 – v6.18).
 #![cfg(not(any(loom, shuttle)))]
 
 use bpfls_kernel::{Kernel, MapType, ResultExt};

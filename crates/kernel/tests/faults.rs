@@ -37,6 +37,8 @@
 //!
 //! The socket `optmem_max` charge has no probe point; its failure path is tested with a small
 //! `optmem_max` ([`optmem_charge_failures_are_enomem_and_change_nothing`]).
+//!
+//! Era: bpf_ma (`Profile::BpfMa`, the busy-counter era, v6.4 – v6.18).
 #![cfg(not(any(loom, shuttle)))]
 
 use bpfls_kernel::{Kernel, MapType, ProgSpec, ProgType, ResultExt, Schedule, Stepper};
@@ -621,7 +623,7 @@ sweeps! {
 /// Every probe point the workloads pass, and whether a failure verdict there has an effect.
 /// C9 asks for the list of failable sites to be enumerated and checked complete: a site added
 /// to the core without being listed here fails this test.
-const SITES: [(&str, bool); 22] = [
+const SITES: [(&str, bool); 23] = [
     ("barrier", false),
     ("bucket_lock_acquire", false),
     ("bucket_lock_release", false),
@@ -644,6 +646,7 @@ const SITES: [(&str, bool); 22] = [
     ("storage_free", false),
     ("storage_lock_acquire", false),
     ("storage_lock_release", false),
+    ("sys_enter", false),
 ];
 
 /// Every probe point other than `slab_alloc` answered `Fail` on every pass: each workload

@@ -1,7 +1,7 @@
 //! C10: the kernel's `task_ls_recursion` selftest, on the bpf_ma profile (busy counter).
 //!
 //! Three tracing programs, as in `tools/testing/selftests/bpf/progs/task_ls_recursion.c`:
-//! `on_enter` (a `sys_enter` tracepoint) gets-or-creates the task's elements of maps A and B
+//! `on_enter` (on the `sys_enter` tracepoint of the task's next syscall) gets-or-creates the task's elements of maps A and B
 //! and sets them to 200 and 100 when new; `on_update` (fentry on `bpf_local_storage_update`)
 //! gets-or-creates both and adds 1 to each it gets; `on_lookup` (fentry on
 //! `bpf_local_storage_lookup`) deletes both. Every nested call meets the busy counter the
@@ -10,6 +10,8 @@
 //! `on_update` increment happens when B is created), B = 100. A program never re-enters
 //! itself (the trampoline's per-CPU `prog->active`), which the selftest counts as
 //! recursion misses.
+//!
+//! Era: bpf_ma (`Profile::BpfMa`, the busy-counter era, v6.4 – v6.18).
 #![cfg(not(any(loom, shuttle)))]
 
 use bpfls_kernel::{Kernel, MapType, ProgSpec, ProgType, ResultExt};
@@ -26,6 +28,9 @@ struct Selftest {
     target: OnceLock<(i32, i32, i32)>,
     /// The selftest's `test_pid`: the programs act only while it is set.
     armed: AtomicBool,
+    on_enter_active: AtomicBool,
+    on_enter_runs: AtomicU64,
+    on_enter_misses: AtomicU64,
     on_lookup_active: AtomicBool,
     on_update_active: AtomicBool,
     on_lookup_runs: AtomicU64,
@@ -105,6 +110,23 @@ impl ProbeHook for Selftest {
                     .unwrap();
                 },
             ),
+            "sys_enter" => self.enter(
+                &self.on_enter_active,
+                &self.on_enter_runs,
+                &self.on_enter_misses,
+                || {
+                    k.run(cpu, tracing(), |p| {
+                        for (m, init) in [(a, 200), (b, 100)] {
+                            if let Some(v) = p.storage_get(m, task, None, F_CREATE)
+                                && get_u64(&v) == 0
+                            {
+                                set_u64(&v, init);
+                            }
+                        }
+                    })
+                    .unwrap();
+                },
+            ),
             _ => {}
         }
         Verdict::Continue
@@ -122,17 +144,12 @@ fn task_ls_recursion_gives_the_selftests_values_without_deadlock() {
     let _ = hook.target.set((a, b, task));
     hook.armed.store(true, Ordering::SeqCst);
 
-    // on_enter, on CPU 0.
-    k.run(0, tracing(), |p| {
-        for (m, init) in [(a, 200), (b, 100)] {
-            if let Some(v) = p.storage_get(m, task, None, F_CREATE)
-                && get_u64(&v) == 0
-            {
-                set_u64(&v, init);
-            }
-        }
-    })
-    .unwrap();
+    // The task's syscall on CPU 0: on_enter runs at its sys_enter, then the syscall itself
+    // (a lookup of A, which on_lookup meets with the syscall's busy counter held).
+    let first = k.map_lookup_elem(0, a, task).unwrap();
+    assert_eq!(first, 201u64.to_le_bytes(), "the syscall sees what on_enter left");
+    assert_eq!(hook.on_enter_runs.load(Ordering::SeqCst), 1);
+    assert_eq!(hook.on_enter_misses.load(Ordering::SeqCst), 0, "on_enter never recurses");
     // Read back with the programs disarmed (the selftest clears test_pid first).
     hook.armed.store(false, Ordering::SeqCst);
     let counts = (

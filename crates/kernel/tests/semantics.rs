@@ -1,4 +1,3 @@
-#![cfg(not(any(loom, shuttle)))]
 //! The behavioural spec, rule by rule, against the facade's public API: each row of the
 //! per-owner-type table (kernel-semantics.md §1.6: zeroed values, owner lifetimes, storages
 //! shared by several maps, the socket charge), map creation (§2.1), map lifetime as the clone
@@ -10,6 +9,9 @@
 //! syscall path, one clone map, zeroed inode values and the nested `_recur` get/delete of a
 //! present task element) without repeating it. Every test ends with nothing leaked and no
 //! violation reported.
+//!
+//! Era: bpf_ma (`Profile::BpfMa`, the busy-counter era, v6.4 – v6.18).
+#![cfg(not(any(loom, shuttle)))]
 
 use bpfls_kernel::{Context, Error, Kernel, MapType, ProgSpec, ProgType, ResultExt, btf};
 use bpfls_local_storage::flags::{

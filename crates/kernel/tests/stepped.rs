@@ -1,5 +1,7 @@
 //! Stepped mode: seeded schedules are deterministic, lock waits are not deadlocks, and a real
 //! deadlock (a CPU waiting for a grace period its own read-side section blocks) is reported.
+//!
+//! Era: bpf_ma (`Profile::BpfMa`, the busy-counter era, v6.4 – v6.18).
 #![cfg(not(any(loom, shuttle)))]
 
 use bpfls_kernel::{

@@ -1,6 +1,8 @@
 //! C11 through the facade, threaded mode: maps freed while owners hold elements, owners dying
 //! while maps are freed, programs and syscalls on every CPU at once. Every result is one the
 //! kernel can give; at the end the invariants hold, nothing leaked and no violation.
+//!
+//! Era: bpf_ma (`Profile::BpfMa`, the busy-counter era, v6.4 – v6.18).
 #![cfg(not(any(loom, shuttle, miri)))]
 
 use bpfls_kernel::{Kernel, MapType, ResultExt};
