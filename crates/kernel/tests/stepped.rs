@@ -366,10 +366,13 @@ fn pct_depth_one_never_preempts_and_depth_two_finds_the_allocation_race() {
     eprintln!("PCT depth 2: {runs_deep} of 32 seeds lose a race ({deep} -EAGAIN)");
 }
 
-/// A sleepable program holds a value while CPU 1 deletes it and the grace periods are driven
-/// by the plan: "run body 0 until it holds the value, body 1 to its end, end every RCU grace
-/// period, try Tasks-Trace, then body 0 to its end, then Tasks-Trace and RCU again".
-fn planned_hold(mutations: Mutations) -> (RunReport, Result<Vec<u8>, String>, Arc<Kernel>) {
+/// A program (sleepable or not) holds a value while CPU 1 deletes it and the grace periods are
+/// driven by the plan: "run body 0 until it holds the value, body 1 to its end, end every RCU
+/// grace period, try Tasks-Trace, then body 0 to its end, then Tasks-Trace and RCU again".
+fn planned_hold(
+    mutations: Mutations,
+    sleepable: bool,
+) -> (RunReport, Result<Vec<u8>, String>, Arc<Kernel>) {
     let plan = vec![
         Action::Until(0, "prog_hold".into()),
         Action::ToEnd(1),
@@ -388,7 +391,7 @@ fn planned_hold(mutations: Mutations) -> (RunReport, Result<Vec<u8>, String>, Ar
     let (k0, k1, out) = (k.clone(), k.clone(), read.clone());
     let bodies: Vec<CpuBody> = vec![
         Box::new(move || {
-            *out.lock().unwrap() = k0.run_prog(0, true, |p| {
+            *out.lock().unwrap() = k0.run_prog(0, sleepable, |p| {
                 let v = p.storage_get(map, task, None, 0).expect("present");
                 p.hold();
                 v.read("sleepable program after the delete").map_err(|e| format!("{e:?}"))
@@ -403,7 +406,7 @@ fn planned_hold(mutations: Mutations) -> (RunReport, Result<Vec<u8>, String>, Ar
 
 #[test]
 fn a_plan_pauses_at_a_probe_point_and_drives_the_grace_periods() {
-    let (report, read, k) = planned_hold(Mutations::default());
+    let (report, read, k) = planned_hold(Mutations::default(), true);
     assert!(!report.deadlock && report.results.iter().all(Result::is_ok), "{report:?}");
     assert_eq!(read, Ok(vec![6; 8]), "the deleted element lives until the reader leaves");
     let pos = |body: usize, site: &str| {
@@ -421,12 +424,13 @@ fn a_plan_pauses_at_a_probe_point_and_drives_the_grace_periods() {
     assert!(gp(end1..end0) > 0, "grace periods moved while body 0 held the value");
     assert!(gp(end0..report.events.len()) > 0, "the final quiesce freed the element");
     // Replays identically.
-    assert_eq!(planned_hold(Mutations::default()).0, report);
+    assert_eq!(planned_hold(Mutations::default(), true).0, report);
     assert_eq!(k.shutdown().unwrap(), 0);
     assert!(k.violations().is_empty(), "{:?}", k.violations().snapshot());
 
     // B8a: delete with reuse_now frees at once, and the held value is a use after free.
-    let (_, read, k) = planned_hold(Mutations { delete_reuse_now: true, ..Mutations::default() });
+    let b8a = Mutations { delete_reuse_now: true, ..Mutations::default() };
+    let (_, read, k) = planned_hold(b8a, true);
     let v = k.violations().snapshot();
     assert!(read.is_err(), "B8a went unnoticed: {read:?}");
     assert_eq!(v.len(), 1, "{v:?}");
@@ -443,4 +447,27 @@ fn the_random_scheduler_moves_grace_periods_while_bodies_run() {
         report.events[..last_end].iter().any(|e| e.0 == GRACE_PERIODS)
     });
     assert!(mid_run, "no seed of 50 stepped a grace period mid-run");
+}
+
+#[test]
+fn a_deleted_element_is_freed_only_after_its_reader_leaves_sleepable_or_not() {
+    // A sleepable reader holds off the Tasks-Trace grace period the free waits for; a
+    // non-sleepable one the RCU grace period (which a Tasks-Trace one implies here). Either
+    // way nothing is freed while the reader is inside, and everything once it left.
+    for sleepable in [true, false] {
+        let (report, read, k) = planned_hold(Mutations::default(), sleepable);
+        assert!(!report.deadlock && report.results.iter().all(Result::is_ok), "{report:?}");
+        assert_eq!(read, Ok(vec![6; 8]), "sleepable {sleepable}");
+        let at = |body: usize, site: &str| report.events.iter().position(|e| *e == (body, site));
+        let (end1, end0) = (at(1, "body_end").unwrap(), at(0, "body_end").unwrap());
+        let freed = |range: std::ops::Range<usize>| {
+            // The memory goes back to the slab (a callback may run before that: the
+            // Tasks-Trace stage of the chained free, which then waits for RCU).
+            report.events[range].contains(&(GRACE_PERIODS, "slab_free"))
+        };
+        assert!(!freed(end1..end0), "sleepable {sleepable}: freed under the reader");
+        assert!(freed(end0..report.events.len()), "sleepable {sleepable}: never freed");
+        assert_eq!(k.shutdown().unwrap(), 0);
+        assert!(k.violations().is_empty(), "{:?}", k.violations().snapshot());
+    }
 }
