@@ -39,7 +39,7 @@ mod stepped;
 
 pub use error::{Error, ResultExt};
 pub use owners::OwnerObj;
-pub use stepped::{Action, CpuBody, GRACE_PERIODS, GpDomain, RunReport, Schedule, Stepper};
+pub use stepped::{Action, CpuBody, Event, GRACE_PERIODS, GpDomain, RunReport, Schedule, Stepper};
 
 use bpfls_local_storage::flags::{BPF_LOCAL_STORAGE_GET_F_CREATE, BPF_NOEXIST};
 use bpfls_local_storage::{Errno, LocalStorage, MapAttr, Mutations, SelemRef, Smap, TypeConfig};
@@ -982,6 +982,54 @@ impl Kernel {
     /// ```
     pub fn cgroup_rmdir(&self, cpu: u32, fd: i32) -> Result<(), Error> {
         self.end_owner(cpu, MapType::Cgrp, fd)
+    }
+
+    /// Whether the owner `fd` names has a local storage (`owner->bpf_storage != NULL`):
+    /// `-EBADF` unless `fd` is an owner's.
+    ///
+    /// ```
+    /// # use bpfls_kernel::Kernel;
+    /// # use bpfls_local_storage::{MapAttr, flags::BPF_ANY};
+    /// # use bpfls_kernel::MapType;
+    /// let k = Kernel::builder().build();
+    /// let map = k.map_create(MapType::Inode, MapAttr::new(8)).unwrap();
+    /// let (_, ino) = k.inode_create();
+    /// assert!(!k.has_storage(ino).unwrap());
+    /// k.map_update_elem(0, map, ino, &[1; 8], BPF_ANY).unwrap();
+    /// assert!(k.has_storage(ino).unwrap());
+    /// k.map_delete_elem(0, map, ino).unwrap();
+    /// assert!(!k.has_storage(ino).unwrap(), "freed with its last element");
+    /// ```
+    pub fn has_storage(&self, fd: i32) -> Result<bool, Error> {
+        match self.fd(fd)? {
+            FdObj::Owner(o) => {
+                let ptr = bpfls_local_storage::Owner::storage_ptr(o.as_ref());
+                Ok(ptr.load(Ordering::Relaxed) != 0)
+            }
+            FdObj::Map(_) => {
+                Err(Error::new(Errno::EBADF, format!("fd {fd} is a map, not an owner")))
+            }
+        }
+    }
+
+    /// Passes a probe point the caller names, on `cpu`: a decision point of a stepped run and
+    /// an event of its trace (how a scenario runner marks where its steps end). Nothing
+    /// happens without a hook.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{CpuBody, Kernel, Schedule, Stepper};
+    /// # use std::sync::Arc;
+    /// let stepper = Stepper::new(Schedule::Random(0));
+    /// let k = Arc::new(Kernel::builder().stepped(&stepper).build());
+    /// let k0 = k.clone();
+    /// let body: CpuBody = Box::new(move || k0.mark(0, "step_done", &[("step", 3)]));
+    /// let report = stepper.run(vec![body]);
+    /// assert!(report.trace.iter().any(|e| e.site == "step_done" && e.fields == [("step", 3)]));
+    /// ```
+    pub fn mark(&self, cpu: u32, site: &'static str, fields: &[(&'static str, u64)]) {
+        if self.probes.is_attached() {
+            self.probes.hit(site, Some(cpu), fields);
+        }
     }
 
     /// The bytes of local storage charged to a socket (`sk->sk_omem_alloc`'s share), which

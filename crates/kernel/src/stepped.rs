@@ -245,6 +245,7 @@ struct Sched {
     cpus: Vec<CpuState>,
     threads: HashMap<ThreadId, usize>,
     events: Vec<(usize, &'static str)>,
+    trace: Vec<Event>,
     /// Bumped whenever something happens that may unblock a waiter (a lock released, a reader
     /// leaving, a callback queued, a body ending, grace-period work).
     epoch: u64,
@@ -303,11 +304,41 @@ pub struct RunReport {
     /// The probe points passed, in order, with the body that passed each; `body_start` and
     /// `body_end` mark where each body began and finished.
     pub events: Vec<(usize, &'static str)>,
+    /// The same probe points with everything they reported: the CPU and the fields.
+    pub trace: Vec<Event>,
     /// Whether the run ended in a deadlock.
     pub deadlock: bool,
     /// For a deadlock: what each blocked body waits for, then the wait-for cycle
     /// (`cycle: body 1 -> body 1`). Empty otherwise.
     pub wait_for: Vec<String>,
+}
+
+/// A probe point passed in a stepped run, with what it reported (never an address).
+///
+/// ```
+/// # use bpfls_kernel::{CpuBody, Event, Kernel, MapType, Schedule, Stepper};
+/// # use bpfls_local_storage::{MapAttr, flags::BPF_ANY};
+/// # use std::sync::Arc;
+/// let stepper = Stepper::new(Schedule::Random(0));
+/// let k = Arc::new(Kernel::builder().stepped(&stepper).build());
+/// # let map = k.map_create(MapType::Task, MapAttr::new(8)).unwrap();
+/// # let (_, t) = k.task_spawn();
+/// let k0 = k.clone();
+/// let body: CpuBody = Box::new(move || k0.map_update_elem(0, map, t, &[1; 8], BPF_ANY).unwrap());
+/// let report = stepper.run(vec![body]);
+/// let enter = report.trace.iter().find(|e| e.site == "sys_enter").unwrap();
+/// assert_eq!(*enter, Event { body: 0, cpu: Some(0), site: "sys_enter", fields: vec![("cmd", 2)] });
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// The body that passed it ([`GRACE_PERIODS`] for grace-period work).
+    pub body: usize,
+    /// The CPU the code ran on, when the site knows it.
+    pub cpu: Option<u32>,
+    /// The probe point.
+    pub site: &'static str,
+    /// Its fields: object ids, sequence numbers, counts.
+    pub fields: Vec<(&'static str, u64)>,
 }
 
 /// One logical CPU's work in [`Stepper::run`].
@@ -384,6 +415,7 @@ impl Stepper {
                 cpus: Vec::new(),
                 threads: HashMap::new(),
                 events: Vec::new(),
+                trace: Vec::new(),
                 epoch: 0,
                 driving: false,
                 deadlock: false,
@@ -487,6 +519,7 @@ impl Stepper {
             s.script_pos = 0;
             s.plan_pos = 0;
             s.events.clear();
+            s.trace.clear();
             if n > 0 {
                 Self::start(&mut s, 0);
             }
@@ -522,14 +555,27 @@ impl Stepper {
         RunReport {
             results,
             events: std::mem::take(&mut s.events),
+            trace: std::mem::take(&mut s.trace),
             deadlock: s.deadlock,
             wait_for: std::mem::take(&mut s.wait_for),
         }
     }
 
+    /// Records a probe point `body` passed, in both forms.
+    fn record(
+        s: &mut Sched,
+        body: usize,
+        cpu: Option<u32>,
+        site: &'static str,
+        fields: &[(&'static str, u64)],
+    ) {
+        s.events.push((body, site));
+        s.trace.push(Event { body, cpu, site, fields: fields.to_vec() });
+    }
+
     /// Body `b` starts: it becomes the innermost code on its CPU.
     fn start(s: &mut Sched, b: usize) {
-        s.events.push((b, "body_start"));
+        Self::record(s, b, Some(s.bodies[b].cpu), "body_start", &[]);
         s.bodies[b].started = true;
         let cpu = s.bodies[b].cpu;
         s.stacks.entry(cpu).or_default().push(b);
@@ -647,7 +693,8 @@ impl Stepper {
     fn leave(&self, cpu: usize) {
         let mut s = self.lock();
         s.cpus[cpu] = CpuState::Done;
-        s.events.push((cpu, "body_end"));
+        let on = s.bodies[cpu].cpu;
+        Self::record(&mut s, cpu, Some(on), "body_end", &[]);
         let on = s.bodies[cpu].cpu;
         if let Some(st) = s.stacks.get_mut(&on) {
             st.retain(|&b| b != cpu);
@@ -876,11 +923,11 @@ impl ProbeHook for Stepper {
         let Some(&me) = s.threads.get(&thread::current().id()) else { return verdict };
         if s.driving {
             // A callback or grace-period step run by the executor on this thread's behalf.
-            s.events.push((GRACE_PERIODS, e.site));
+            Self::record(&mut s, GRACE_PERIODS, e.cpu, e.site, e.fields);
             return verdict;
         }
         Self::track_locks(&mut s, me, e);
-        s.events.push((me, e.site));
+        Self::record(&mut s, me, e.cpu, e.site, e.fields);
         if matches!(e.site, "storage_lock_release" | "bucket_lock_release" | "read_unlock" | "call")
         {
             // What a waiter may be waiting for: a lock, a reader leaving, a callback queued
@@ -919,7 +966,7 @@ impl ProbeHook for Stepper {
             return WaitVerdict::Deadlock;
         }
         Self::track_locks(&mut s, me, e);
-        s.events.push((me, e.site));
+        Self::record(&mut s, me, e.cpu, e.site, e.fields);
         s.cpus[me] = CpuState::Waiting(s.epoch);
         let s = self.pick_next(s, me);
         let mut s = self.wait_baton(s, me);

@@ -41,10 +41,11 @@ pub(crate) fn blocks(value: usize, target: usize) -> bool {
 }
 
 /// Which kind of domain: decides how readers are named and how the read side behaves.
+/// The discriminant is the `domain` field of the probe points (0 RCU, 1 Tasks-Trace).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
-    Rcu,
-    TasksTrace,
+    Rcu = 0,
+    TasksTrace = 1,
 }
 
 impl Kind {
@@ -249,7 +250,7 @@ impl Inner {
     /// Passes the probe point `site` (`gp_start` / `gp_end`) for grace period `target`.
     /// Called with no lock held: a stepped executor may switch CPUs inside a probe.
     fn probe_gp(&self, site: &'static str, target: usize) {
-        self.probes.hit(site, None, &[("gp_seq", target as u64)]);
+        self.probes.hit(site, None, &[("domain", self.kind as u64), ("gp_seq", target as u64)]);
     }
 
     fn report_stall(&self, target: usize, reader: ReaderId, polls: u64) {
@@ -284,7 +285,7 @@ impl Inner {
                 stalled = Some(reader);
             }
             if self.probes.is_attached() {
-                let f = [("gp_seq", target as u64)];
+                let f = [("domain", self.kind as u64), ("gp_seq", target as u64)];
                 if self.probes.wait("gp_wait", None, &f) == WaitVerdict::Deadlock {
                     panic!(
                         "bpfls-rcu: grace period {target} of domain {} can never end: {reader} \
@@ -366,7 +367,8 @@ impl Inner {
         self.stats.cbs_queued.fetch_add(1, untracked::Ordering::Relaxed);
         self.stats.bytes_pending.fetch_add(bytes as u64, untracked::Ordering::Relaxed);
         self.stats.peak_pending.fetch_max(pending, untracked::Ordering::Relaxed);
-        self.probes.hit("call", None, &[("obj", obj), ("bytes", bytes as u64)]);
+        let f = [("domain", self.kind as u64), ("obj", obj), ("bytes", bytes as u64)];
+        self.probes.hit("call", None, &f);
         rcu_event!(self, "call", obj, bytes = bytes as u64);
         if wake {
             self.work_cv.notify_one();
@@ -420,7 +422,8 @@ impl Inner {
         let mut batch = batch.into_iter();
         for Cb { gp, obj, bytes: b, f } in batch.by_ref() {
             let gp = gp.unwrap_or(0) as u64;
-            self.probes.hit("callback_invoke", None, &[("obj", obj), ("gp_seq", gp)]);
+            let fields = [("domain", self.kind as u64), ("obj", obj), ("gp_seq", gp)];
+            self.probes.hit("callback_invoke", None, &fields);
             rcu_event!(self, "callback_invoke", obj, gp_seq = gp);
             n += 1;
             bytes += b as u64;
@@ -526,7 +529,7 @@ impl Inner {
     pub(crate) fn barrier(&self, has_worker: bool) {
         self.check_not_in_callback("barrier()");
         let target = self.cbs.lock().queued;
-        self.probes.hit("barrier", None, &[("callbacks", target)]);
+        self.probes.hit("barrier", None, &[("domain", self.kind as u64), ("callbacks", target)]);
         rcu_event!(self, "barrier_start", callbacks = target);
         if self.stepped() {
             self.stepped_wait("barrier()", || self.cbs.lock().invoked >= target);
@@ -556,7 +559,9 @@ impl Inner {
     fn stepped_wait(&self, what: &str, done: impl Fn() -> bool) {
         while !done() {
             if self.probes.is_attached() {
-                if self.probes.wait("gp_wait", None, &[]) == WaitVerdict::Deadlock {
+                if self.probes.wait("gp_wait", None, &[("domain", self.kind as u64)])
+                    == WaitVerdict::Deadlock
+                {
                     panic!(
                         "bpfls-rcu: {what} on domain {} can never return: the executor reports \
                          that every CPU is blocked",
