@@ -390,6 +390,12 @@ type MapChunk = untracked::OnceLock<Box<[untracked::OnceLock<Arc<Smap>>]>>;
 /// Selems unlinked under a lock, freed after it (the kernel's `free_node` list).
 type FreeList = Vec<SelemRef>;
 
+/// The trace id of a storage: its handle's id with bit 56 set, so it never equals an
+/// element's (the two slabs both number their slots from 0).
+pub(crate) fn storage_id(h: Handle) -> u64 {
+    h.id() | 1 << 56
+}
+
 /// A held S or B lock that passes the `*_lock_release` probe point once released, so a
 /// lock-discipline checker ([`crate::LockDiscipline`]) can follow what each CPU holds.
 struct Held<'a, T> {
@@ -561,7 +567,7 @@ impl LocalStorage {
     /// Takes S of the storage `sh` names.
     fn lock_s<'a>(&'a self, cpu: u32, sh: Handle, st: &'a Storage) -> Held<'a, Locked> {
         let sites = ("storage_lock_acquire", "storage_lock_release");
-        let id = [("storage", sh.id()), ("bucket", u64::MAX)];
+        let id = [("storage", storage_id(sh)), ("bucket", u64::MAX)];
         take(&self.inner.cfg.probes, cpu, &st.lock, sites, id)
     }
 
@@ -579,10 +585,10 @@ impl LocalStorage {
 
     /// Passes an allocation or free probe point (`selem_alloc`, `storage_alloc`, `selem_free`,
     /// `storage_free`): the lock-discipline checker reports one made under S or B.
-    fn probe_mem(&self, site: &'static str, cpu: u32, obj: Handle) {
+    fn probe_mem(&self, site: &'static str, cpu: u32, obj: u64) {
         let probes = &self.inner.cfg.probes;
         if probes.is_attached() {
-            probes.hit(site, Some(cpu), &[("obj", obj.id())]);
+            probes.hit(site, Some(cpu), &[("obj", obj)]);
         }
     }
 
@@ -707,7 +713,7 @@ impl LocalStorage {
             owner.uncharge(smap.elem_size);
             return Err(Errno::ENOMEM);
         };
-        self.probe_mem("selem_alloc", cpu, h);
+        self.probe_mem("selem_alloc", cpu, h.id());
         let sel = smap.selems.peek(h).expect("just allocated");
         sel.smap.store(0, Ordering::Relaxed);
         sel.storage.store(0, Ordering::Relaxed);
@@ -728,7 +734,7 @@ impl LocalStorage {
     /// `bpf_selem_free` (§3.1): immediate reuse, `kfree_rcu`, or after a Tasks-Trace grace
     /// period (chained through RCU when it does not imply one).
     fn selem_free(&self, cpu: u32, s: SelemRef, reuse_now: bool) {
-        self.probe_mem("selem_free", cpu, s.h);
+        self.probe_mem("selem_free", cpu, s.h.id());
         let d = &self.inner.domains;
         let bytes = s.smap.elem_size;
         let obj = s.h.id();
@@ -789,7 +795,7 @@ impl LocalStorage {
             // A recycled storage keeps its cache: every slot must have been cleared (I15).
             self.inner.problem(format!("I15: storage {h} freed with cache slot {slot} still set"));
         }
-        self.probe_mem("storage_free", cpu, h);
+        self.probe_mem("storage_free", cpu, storage_id(h));
         let d = &self.inner.domains;
         let me = self.inner.clone();
         let bytes = self.inner.cfg.storage_size;
@@ -798,10 +804,12 @@ impl LocalStorage {
                 self.inner.storages.free_now(cpu, h)
             }
             (Allocator::BpfMa, true) | (Allocator::Kmalloc, true) => {
-                d.defer(ReclaimPolicy::AfterRcu, h.id(), bytes, move || me.storages.raw_free(h))
+                d.defer(ReclaimPolicy::AfterRcu, storage_id(h), bytes, move || {
+                    me.storages.raw_free(h)
+                })
             }
             (_, false) => {
-                d.defer(d.sleepable_policy(), h.id(), bytes, move || me.storages.raw_free(h))
+                d.defer(d.sleepable_policy(), storage_id(h), bytes, move || me.storages.raw_free(h))
             }
         }
     }
@@ -1149,7 +1157,7 @@ impl LocalStorage {
             owner.uncharge(size);
             return Err(Errno::ENOMEM);
         };
-        self.probe_mem("storage_alloc", cpu, h);
+        self.probe_mem("storage_alloc", cpu, storage_id(h));
         let storage = self.inner.storages.peek(h).expect("just allocated");
         storage.list_head.store(0, Ordering::Relaxed);
         storage.smap.store(u32::from(smap.id), Ordering::Relaxed);
