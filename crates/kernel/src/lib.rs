@@ -272,6 +272,7 @@ pub struct KernelBuilder {
     probes: bpfls_sync::probe::Probes,
     stepper: Option<untracked::Arc<Stepper>>,
     no_busy_counter: bool,
+    busted_rcu: bool,
     mutations: Mutations,
 }
 
@@ -438,6 +439,32 @@ impl KernelBuilder {
         KernelBuilder { no_busy_counter: true, ..self }
     }
 
+    /// Mutation: grace periods of both RCU domains ignore readers (rcutorture's
+    /// `rcu_busted`), in threaded and stepped mode, so the checkers can be shown to catch a
+    /// broken engine: an element freed after a "grace period" under a reader is a reported
+    /// use after free.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Kernel, MapType};
+    /// # use bpfls_local_storage::{MapAttr, flags::BPF_ANY};
+    /// let k = Kernel::builder().busted_rcu().build();
+    /// let map = k.map_create(MapType::Sk, MapAttr::new(8)).unwrap();
+    /// let (_, sock) = k.socket_create();
+    /// k.map_update_elem(0, map, sock, &[1; 8], BPF_ANY).unwrap();
+    /// let read = k.run_prog(0, false, |p| {
+    ///     let v = p.storage_get(map, sock, None, 0).unwrap();
+    ///     k.map_delete_elem(1, map, sock).unwrap();
+    ///     k.domains().rcu.synchronize(); // returns at once: it does not wait for us
+    ///     k.domains().tasks_trace.barrier(); // the element's free callbacks have run
+    ///     k.domains().rcu.barrier();
+    ///     v.read("reader after the busted grace period")
+    /// });
+    /// assert!(read.is_err(), "a use after free, reported");
+    /// ```
+    pub fn busted_rcu(self) -> Self {
+        KernelBuilder { busted_rcu: true, ..self }
+    }
+
     /// Re-introduced bugs of the storage core (bug zoo), for every storage type: for showing
     /// that a checker or a schedule explorer catches them. Bugs that need a particular
     /// interleaving show on a [`stepped`](Self::stepped) kernel, under a [`Stepper`] schedule.
@@ -476,6 +503,7 @@ impl KernelBuilder {
             Some(_) => Config::stepped().with_probes(self.probes.clone()),
             None => Config::threaded().with_backend(Backend::Threaded),
         };
+        let rcu_config = if self.busted_rcu { rcu_config.busted_readers() } else { rcu_config };
         let domains = Arc::new(Domains::new(cpus, rcu_config, self.trace_implies_rcu));
         if let Some(stepper) = &self.stepper {
             stepper.attach(domains.clone());
@@ -622,6 +650,7 @@ impl Kernel {
             probes: bpfls_sync::probe::Probes::new(),
             stepper: None,
             no_busy_counter: false,
+            busted_rcu: false,
             mutations: Mutations::default(),
         }
     }

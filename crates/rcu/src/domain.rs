@@ -114,6 +114,8 @@ pub(crate) struct Tasks {
 pub(crate) struct Inner {
     pub(crate) kind: Kind,
     pub(crate) backend: Backend,
+    /// [`Config::ignore_readers`](crate::Config::ignore_readers).
+    pub(crate) ignore_readers: bool,
     pub(crate) fence: AsymmetricFence,
     pub(crate) probes: Probes,
     stall_polls: u64,
@@ -178,6 +180,7 @@ impl Inner {
         Inner {
             kind,
             backend: cfg.backend,
+            ignore_readers: cfg.ignore_readers || cfg.backend == Backend::Busted,
             fence,
             probes: cfg.probes.clone(),
             stall_polls: cfg.stall_polls.max(1),
@@ -194,10 +197,6 @@ impl Inner {
             worker_panic: untracked::Mutex::new(None),
             stats: StatsCell::default(),
         }
-    }
-
-    fn busted(&self) -> bool {
-        self.backend == Backend::Busted
     }
 
     fn stepped(&self) -> bool {
@@ -301,7 +300,7 @@ impl Inner {
 
     /// The first reader that blocks the grace period `target`, if any (non-blocking scan).
     fn first_blocker_id(&self, target: usize) -> Option<ReaderId> {
-        if self.busted() {
+        if self.ignore_readers {
             return None;
         }
         match self.kind {

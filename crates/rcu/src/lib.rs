@@ -126,6 +126,10 @@ pub struct Config {
     /// Probe points: `read_lock`, `read_unlock`, `call`, `gp_start`, `gp_wait` (a waiter that
     /// cannot make progress), `gp_end`, `callback_invoke`, `barrier`, `reclaim_now`.
     pub probes: Probes,
+    /// Grace periods ignore readers (rcutorture's `rcu_busted`) on any backend: the busted
+    /// backend sets it; [`busted_readers`](Self::busted_readers) sets it on a stepped one, so
+    /// a deterministic run can show what a broken engine lets through.
+    pub ignore_readers: bool,
 }
 
 impl Default for Config {
@@ -143,6 +147,7 @@ impl Config {
             stall_polls: 20_000,
             asymmetric_fence: true,
             probes: Probes::new(),
+            ignore_readers: false,
         }
     }
 
@@ -153,12 +158,22 @@ impl Config {
 
     /// Busted backend (grace periods do not wait).
     pub fn busted() -> Self {
-        Config { backend: Backend::Busted, ..Self::threaded() }
+        Config { backend: Backend::Busted, ignore_readers: true, ..Self::threaded() }
+    }
+
+    /// The same configuration with grace periods that ignore readers (a mutation for checker
+    /// tests; see [`ignore_readers`](Self::ignore_readers)).
+    pub fn busted_readers(self) -> Self {
+        Config { ignore_readers: true, ..self }
     }
 
     /// The same configuration with another backend.
     pub fn with_backend(self, backend: Backend) -> Self {
-        Config { backend, ..self }
+        Config {
+            backend,
+            ignore_readers: self.ignore_readers || backend == Backend::Busted,
+            ..self
+        }
     }
 
     /// The same configuration without a callback worker.
