@@ -53,4 +53,5 @@ pub fn replay(trace_text: &str) -> Result<(Trace, Option<Divergence>), ReplayErr
     let divergence = compare(&recorded, &replayed);
     Ok((replayed, divergence))
 }
+pub mod bundled;
 pub mod narrate;
