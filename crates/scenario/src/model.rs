@@ -40,6 +40,8 @@ pub struct KernelConfig {
     pub preempt_rt: bool,
     /// The per-CPU busy counter (false: bug zoo B3).
     pub busy_counter: bool,
+    /// Grace periods that ignore readers (`rcu = "busted"`, rcutorture's `rcu_busted`).
+    pub busted_rcu: bool,
     /// The storage core's mutations switched on, by field name of [`Mutations`].
     pub mutations: Vec<String>,
 }
@@ -52,6 +54,7 @@ impl Default for KernelConfig {
             optmem_max: 20480,
             preempt_rt: false,
             busy_counter: true,
+            busted_rcu: false,
             mutations: Vec::new(),
         }
     }

@@ -293,6 +293,7 @@ struct RawKernel {
     optmem_max: Option<u64>,
     preempt_rt: Option<bool>,
     busy_counter: Option<bool>,
+    rcu: Option<Sp<String>>,
     mutations: Option<Vec<Sp<String>>>,
 }
 
@@ -719,6 +720,19 @@ impl Cx<'_> {
         }
         if let Some(v) = raw.busy_counter {
             k.busy_counter = v;
+        }
+        if let Some(rcu) = raw.rcu {
+            match rcu.get_ref().as_str() {
+                "correct" => k.busted_rcu = false,
+                "busted" => k.busted_rcu = true,
+                other => {
+                    return Err(self.err(
+                        rcu.span(),
+                        format!("unknown rcu engine `{other}`: expected \"correct\" or \"busted\""),
+                        "not correct or busted",
+                    ));
+                }
+            }
         }
         for m in raw.mutations.unwrap_or_default() {
             let name = m.get_ref();

@@ -16,7 +16,7 @@ use bpfls_kernel::{
     Action, CpuBody, Error, GpDomain, Kernel, MapType, ProgSpec, RunReport, Schedule, Stepper,
 };
 use bpfls_local_storage::flags::{BPF_LOCAL_STORAGE_GET_F_CREATE, MapFlags};
-use bpfls_local_storage::{Errno, MapAttr};
+use bpfls_local_storage::{Errno, LockDiscipline, MapAttr};
 use bpfls_sync::probe::{ProbeEvent, ProbeHook, Verdict};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashSet};
@@ -142,15 +142,18 @@ impl World {
 }
 
 /// Runs attached programs at their probe points (the fentry analogue), never inside
-/// themselves on the same CPU (the trampoline's `prog->active`).
+/// themselves on the same CPU (the trampoline's `prog->active`), and the lock-discipline
+/// checker (I8: no allocation or free under a storage or bucket lock).
 struct Attach {
     world: OnceLock<Arc<World>>,
     active: Mutex<HashSet<(usize, u32)>>,
+    locks: LockDiscipline,
 }
 
 impl ProbeHook for Attach {
     fn hit(&self, e: &ProbeEvent<'_>) -> Verdict {
         let Some(w) = self.world.get() else { return Verdict::Continue };
+        self.locks.hit(e);
         let Some(cpu) = e.cpu else { return Verdict::Continue };
         for (i, p) in w.scenario.programs.iter().enumerate() {
             if p.attach != Some(e.site) {
@@ -406,7 +409,11 @@ pub fn run(scenario: &Scenario, schedule: ScheduleSpec) -> Outcome {
             Schedule::Pct { seed, depth, steps: 20 * (sc.steps.len() as u64 + 1) }
         }
     };
-    let attach = Arc::new(Attach { world: OnceLock::new(), active: Mutex::new(HashSet::new()) });
+    let attach = Arc::new(Attach {
+        world: OnceLock::new(),
+        active: Mutex::new(HashSet::new()),
+        locks: LockDiscipline::new(),
+    });
     let stepper = Stepper::with_tracer(sched, attach.clone());
     let mut builder = Kernel::builder()
         .cpus(cpus)
@@ -417,6 +424,9 @@ pub fn run(scenario: &Scenario, schedule: ScheduleSpec) -> Outcome {
         .stepped(&stepper);
     if !sc.kernel.busy_counter {
         builder = builder.without_busy_counter();
+    }
+    if sc.kernel.busted_rcu {
+        builder = builder.busted_rcu();
     }
     let kernel = Arc::new(builder.build());
 
@@ -540,7 +550,7 @@ pub fn run(scenario: &Scenario, schedule: ScheduleSpec) -> Outcome {
         })
         .collect();
     let report = stepper.run_placed(placed);
-    finish(&world, &report, schedule)
+    finish(&world, &report, schedule, attach.locks.problems())
 }
 
 /// The plan for [`ScheduleSpec::Steps`].
@@ -609,10 +619,15 @@ fn describe_check(sc: &Scenario, check: &Check) -> String {
 }
 
 /// After the run: the final checks, the teardown, the trace.
-fn finish(world: &Arc<World>, report: &RunReport, schedule: ScheduleSpec) -> Outcome {
+fn finish(
+    world: &Arc<World>,
+    report: &RunReport,
+    schedule: ScheduleSpec,
+    lock_problems: Vec<String>,
+) -> Outcome {
     let k = &world.kernel;
     let sc = &world.scenario;
-    let mut details: Vec<String> = Vec::new();
+    let mut details: Vec<String> = lock_problems;
     let deadlock = report.deadlock.then(|| report.wait_for.clone());
     for (b, r) in report.results.iter().enumerate() {
         if let Err(msg) = r

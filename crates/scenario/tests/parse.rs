@@ -226,6 +226,7 @@ fn a_complete_file_parses_to_the_exact_scenario() {
             optmem_max: 4096,
             preempt_rt: true,
             busy_counter: false,
+            busted_rcu: false,
             mutations: vec!["skip_cache_recheck".into(), "one_bucket".into()],
         },
         maps: vec![
