@@ -273,6 +273,7 @@ pub struct KernelBuilder {
     stepper: Option<untracked::Arc<Stepper>>,
     no_busy_counter: bool,
     busted_rcu: bool,
+    capacity: Option<u32>,
     mutations: Mutations,
 }
 
@@ -439,6 +440,25 @@ impl KernelBuilder {
         KernelBuilder { no_busy_counter: true, ..self }
     }
 
+    /// Objects per slab (default 4096): every storage type's storages and every map's
+    /// elements come from slabs of this many slots, built up front. A small kernel (a
+    /// scenario, an explorer run) builds much faster with a few hundred.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Kernel, MapType};
+    /// # use bpfls_local_storage::{Errno, MapAttr, flags::BPF_ANY};
+    /// let k = Kernel::builder().capacity(2).build();
+    /// let map = k.map_create(MapType::Inode, MapAttr::new(8)).unwrap();
+    /// let inodes: Vec<i32> = (0..3).map(|_| k.inode_create().1).collect();
+    /// k.map_update_elem(0, map, inodes[0], &[1; 8], BPF_ANY).unwrap();
+    /// k.map_update_elem(0, map, inodes[1], &[1; 8], BPF_ANY).unwrap();
+    /// // The slab is full: the kernel's answer to a failed allocation.
+    /// assert_eq!(k.map_update_elem(0, map, inodes[2], &[1; 8], BPF_ANY).unwrap_err(), Errno::ENOMEM);
+    /// ```
+    pub fn capacity(self, slots: u32) -> Self {
+        KernelBuilder { capacity: Some(slots.max(1)), ..self }
+    }
+
     /// Mutation: grace periods of both RCU domains ignore readers (rcutorture's
     /// `rcu_busted`), in threaded and stepped mode, so the checkers can be shown to catch a
     /// broken engine: an element freed after a "grace period" under a reader is a reported
@@ -522,6 +542,7 @@ impl KernelBuilder {
                 },
                 uptr_allowed: t == MapType::Task,
                 probes: self.probes.clone(),
+                capacity: self.capacity.unwrap_or(base.capacity),
                 ..base
             };
             let cfg = if self.stepper.is_some() { cfg.with_inline_refill() } else { cfg };
@@ -651,6 +672,7 @@ impl Kernel {
             stepper: None,
             no_busy_counter: false,
             busted_rcu: false,
+            capacity: None,
             mutations: Mutations::default(),
         }
     }

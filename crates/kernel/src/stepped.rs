@@ -89,6 +89,14 @@ pub enum Schedule {
     Plan(Vec<Action>),
 }
 
+/// Probe points where the seeded schedulers do not switch bodies: the slab's steps inside a
+/// per-CPU cache refill or drain, dozens per refill, with nothing another CPU could interleave
+/// with that the refill's `mem_cache_active` point does not already offer.
+const QUIET: &[&str] = &["slab_alloc", "slab_free"];
+
+/// Bodies with a condition variable of their own; more share one.
+const WAKE_SLOTS: usize = 64;
+
 /// The pseudo-body that grace-period steps are attributed to in [`RunReport::events`].
 ///
 /// ```
@@ -273,7 +281,9 @@ struct Sched {
 /// ```
 pub struct Stepper {
     sched: Mutex<Sched>,
-    cv: Condvar,
+    /// One condition variable per body (the last one shared by bodies beyond
+    /// [`WAKE_SLOTS`]), so handing the baton on wakes only the body that gets it.
+    cvs: Box<[Condvar]>,
     domains: OnceLock<bpfls_sync::Arc<Domains>>,
     /// Simulated tracing programs attached to the probe points (the fentry analogue).
     tracer: Option<Arc<dyn ProbeHook>>,
@@ -420,7 +430,7 @@ impl Stepper {
                 driving: false,
                 deadlock: false,
             }),
-            cv: Condvar::new(),
+            cvs: (0..=WAKE_SLOTS).map(|_| Condvar::new()).collect(),
             domains: OnceLock::new(),
             tracer,
         })
@@ -705,8 +715,25 @@ impl Stepper {
             s = self.pick_next(s, cpu);
         }
         s.threads.remove(&thread::current().id());
-        drop(s);
-        self.cv.notify_all();
+        self.wake(&s);
+    }
+
+    /// The condition variable body `b` sleeps on.
+    fn cv(&self, b: usize) -> &Condvar {
+        &self.cvs[b.min(WAKE_SLOTS)]
+    }
+
+    /// Wakes the body that holds the baton (every body after a deadlock, so each can report).
+    fn wake(&self, s: &Sched) {
+        if s.deadlock {
+            self.cvs.iter().for_each(Condvar::notify_all);
+        } else if let Some(c) = s.current {
+            if c >= WAKE_SLOTS {
+                self.cv(c).notify_all();
+            } else {
+                self.cv(c).notify_one();
+            }
+        }
     }
 
     fn next_random(s: &mut Sched) -> u64 {
@@ -907,9 +934,11 @@ impl Stepper {
     }
 
     fn wait_baton<'a>(&'a self, mut s: MutexGuard<'a, Sched>, me: usize) -> MutexGuard<'a, Sched> {
-        self.cv.notify_all();
+        if s.current != Some(me) {
+            self.wake(&s);
+        }
         while s.current != Some(me) && !s.deadlock {
-            s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner());
+            s = self.cv(me).wait(s).unwrap_or_else(|e| e.into_inner());
         }
         s
     }
@@ -946,6 +975,13 @@ impl ProbeHook for Stepper {
         {
             s.plan_pos += 1;
         }
+        if QUIET.contains(&e.site)
+            && matches!(s.schedule, Schedule::Random(_) | Schedule::Pct { .. })
+        {
+            // The slab's own steps inside a cache refill: recorded, but not a place where the
+            // seeded schedulers switch (they would spend most of their choices there).
+            return verdict;
+        }
         s = self.scheduled_gp(s);
         if let Some(next) = Self::choose(&mut s) {
             s.current = Some(next);
@@ -971,7 +1007,7 @@ impl ProbeHook for Stepper {
         let s = self.pick_next(s, me);
         let mut s = self.wait_baton(s, me);
         if s.deadlock {
-            self.cv.notify_all();
+            self.wake(&s);
             return WaitVerdict::Deadlock;
         }
         s.cpus[me] = CpuState::Ready;

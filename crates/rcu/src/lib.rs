@@ -153,7 +153,10 @@ impl Config {
 
     /// Stepped backend.
     pub fn stepped() -> Self {
-        Config { backend: Backend::Stepped, ..Self::threaded() }
+        // One logical CPU runs at a time and hands over through a lock, so the cheap
+        // symmetric fence is enough; membarrier(2) would interrupt every real CPU per grace
+        // period for nothing.
+        Config { backend: Backend::Stepped, asymmetric_fence: false, ..Self::threaded() }
     }
 
     /// Busted backend (grace periods do not wait).
