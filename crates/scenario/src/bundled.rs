@@ -25,7 +25,16 @@ macro_rules! bundled {
 }
 
 /// Every bundled scenario, the default one first.
-pub const BUNDLED: &[Bundled] = bundled!["task-lifecycle",];
+pub const BUNDLED: &[Bundled] = bundled![
+    "task-lifecycle",
+    "socket-lifecycle",
+    "inode-lifecycle",
+    "cgroup-lifecycle",
+    "r1-first-storage-race",
+    "r2-update-vs-last-delete",
+    "r3-lookup-cache-vs-delete",
+    "r4-map-free-vs-owner-destroy",
+];
 
 /// The scenario `bpfls` runs with no arguments.
 pub const DEFAULT: &str = "task-lifecycle";
