@@ -34,6 +34,12 @@ pub const BUNDLED: &[Bundled] = bundled![
     "r2-update-vs-last-delete",
     "r3-lookup-cache-vs-delete",
     "r4-map-free-vs-owner-destroy",
+    "sleepable-reader-across-rcu-gp",
+    "reuse-now-on-task-exit",
+    "socket-clone-on-accept",
+    "optmem-limit",
+    "recursion-guard",
+    "map-free-barriers",
 ];
 
 /// The scenario `bpfls` runs with no arguments.
