@@ -115,7 +115,19 @@ fn sentence(
 
 /// The narration of `trace`, line by line.
 pub fn narrate(trace: &Trace, detail: Detail) -> Vec<String> {
+    // What each step is, for its header where it starts (its outcome line comes at its end).
+    let ops: BTreeMap<u64, (u64, Option<u32>, String)> = trace
+        .lines
+        .iter()
+        .filter_map(|l| match l {
+            Line::Step { step, line, cpu, op, .. } => Some((*step, (*line, *cpu, op.clone()))),
+            _ => None,
+        })
+        .collect();
     let mut out: Vec<String> = Vec::new();
+    // A body announces its next step as soon as it finished the previous one, then waits for
+    // its turn: the header prints when the step does something (or ends).
+    let mut pending: BTreeMap<u64, (u64, String)> = BTreeMap::new();
     let mut names = Names::default();
     let mut repeats = 0usize;
     let mut summary: Option<(Summary, Vec<String>, Option<Vec<String>>)> = None;
@@ -124,8 +136,22 @@ pub fn narrate(trace: &Trace, detail: Detail) -> Vec<String> {
             Line::Header { scenario_name, schedule, .. } => {
                 out.push(format!("scenario {scenario_name} (schedule: {schedule:?})"));
             }
+            Line::Event { site, fields, body, .. } if site == "step_start" => {
+                let n = fields.get("step").copied().unwrap_or(0);
+                if let (Some((line, cpu, op)), Some(b)) = (ops.get(&n), body) {
+                    let on = cpu.map(|c| format!("CPU {c}")).unwrap_or_else(|| "check".into());
+                    pending.insert(*b, (n, format!("step {n} (line {line}), {on}: {op}")));
+                }
+            }
             Line::Event { body, cpu, site, fields, .. } => {
                 let Some(text) = sentence(site, fields, detail, &mut names) else { continue };
+                if let Some((_, header)) = body.and_then(|b| pending.remove(&b)) {
+                    if repeats > 0 {
+                        out.push(format!("    (and {repeats} more)"));
+                        repeats = 0;
+                    }
+                    out.push(header);
+                }
                 let who = match (body, cpu) {
                     (None, _) => "  grace periods:".to_string(),
                     (Some(_), Some(c)) if *c != u32::MAX => format!("  CPU {c}:"),
@@ -149,13 +175,16 @@ pub fn narrate(trace: &Trace, detail: Detail) -> Vec<String> {
                     out.push(format!("    (and {repeats} more)"));
                     repeats = 0;
                 }
-                let on = cpu.map(|c| format!("CPU {c}")).unwrap_or_else(|| "check".into());
+                let _ = (line, cpu, op);
+                if let Some(b) = pending.iter().find(|(_, (n, _))| n == step).map(|(b, _)| *b) {
+                    out.push(pending.remove(&b).expect("found").1);
+                }
                 let verdict = match (expected, ok) {
-                    (Some(e), true) => format!("  [expected {e}: ok]"),
-                    (Some(e), false) => format!("  [expected {e}: FAILED]"),
+                    (Some(e), true) => format!("  (expected {e}: ok)"),
+                    (Some(e), false) => format!("  (expected {e}: FAILED)"),
                     (None, _) => String::new(),
                 };
-                out.push(format!("step {step} (line {line}) {on}: {op} -> {result}{verdict}"));
+                out.push(format!("  => step {step}: {result}{verdict}"));
             }
             Line::Attached { program, cpu, at, result, .. } => {
                 out.push(format!("  CPU {cpu}: attached program {program} runs at {at}: {result}"));

@@ -488,6 +488,7 @@ pub fn run(scenario: &Scenario, schedule: ScheduleSpec) -> Outcome {
                 if *c != cpu {
                     continue;
                 }
+                w.kernel.mark(cpu, "step_start", &[("step", i as u64 + 1)]);
                 let (text, got) = exec_op(&w, cpu, i, op);
                 let ok = match matches(*expect, &got) {
                     Some(false) if w.check_expectations => {
@@ -523,6 +524,7 @@ pub fn run(scenario: &Scenario, schedule: ScheduleSpec) -> Outcome {
             }
             for (i, step) in w.scenario.steps.iter().enumerate() {
                 let StepKind::Check { check, expect } = &step.kind else { continue };
+                w.kernel.mark(0, "step_start", &[("step", i as u64 + 1)]);
                 let (text, ok) = exec_check(&w, check, *expect);
                 if !ok {
                     w.fail(format!(
