@@ -747,7 +747,10 @@ impl LocalStorage {
             free_fields(&self.inner, &s);
         }
         match (self.inner.cfg.allocator, reuse_now) {
-            (Allocator::BpfMa, true) => s.smap.selems.free_now(cpu, s.h),
+            (Allocator::BpfMa, true) => {
+                self.probe_mem("free_now", cpu, obj);
+                s.smap.selems.free_now(cpu, s.h)
+            }
             (Allocator::BpfMa, false) => {
                 let inner = self.inner.clone();
                 d.defer(d.sleepable_policy(), obj, bytes, move || {
@@ -801,6 +804,7 @@ impl LocalStorage {
         let bytes = self.inner.cfg.storage_size;
         match (self.inner.cfg.allocator, reuse_now) {
             (Allocator::BpfMa, true) if creator_known && unreachable => {
+                self.probe_mem("free_now", cpu, storage_id(h));
                 self.inner.storages.free_now(cpu, h)
             }
             (Allocator::BpfMa, true) | (Allocator::Kmalloc, true) => {

@@ -374,6 +374,7 @@ pub const PROBE_POINTS: &[&str] = &[
     "selem_link",
     "selem_free",
     "storage_free",
+    "free_now",
     "storage_lock_acquire",
     "storage_lock_release",
     "bucket_lock_acquire",

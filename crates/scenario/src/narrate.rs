@@ -83,6 +83,10 @@ fn sentence(
             format!("queues the free of {} behind {} grace period", obj(), article(domain(f)))
         }
         "reclaim_now" => format!("makes {} reusable at once (reuse_now: no grace period)", obj()),
+        "free_now" => format!(
+            "puts {} back in its per-CPU cache: reusable at once (reuse_now, no grace period)",
+            obj()
+        ),
         "gp_start" => format!("{} grace period {} starts", domain(f), get("gp_seq")),
         "gp_end" => format!(
             "{} grace period {} ends: every reader that could see the old objects has left",

@@ -702,7 +702,7 @@ fn summarize(report: &RunReport, leaked: u64, violations: u64, k: &Kernel) -> Su
         match (e.site, domain) {
             ("callback_invoke", Some(0)) => s.rcu_callbacks += 1,
             ("callback_invoke", Some(1)) => s.tasks_trace_callbacks += 1,
-            ("reclaim_now", _) => s.reused_now += 1,
+            ("reclaim_now" | "free_now", _) => s.reused_now += 1,
             ("slab_free", _) => s.slab_frees += 1,
             _ => {}
         }
