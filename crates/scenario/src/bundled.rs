@@ -40,6 +40,13 @@ pub const BUNDLED: &[Bundled] = bundled![
     "optmem-limit",
     "recursion-guard",
     "map-free-barriers",
+    "mutation-skip-cache-recheck",
+    "mutation-skip-cache-clear",
+    "mutation-delete-reuse-now",
+    "mutation-alloc-under-lock",
+    "mutation-one-bucket",
+    "mutation-busy-counter-off",
+    "mutation-busted-rcu",
 ];
 
 /// The scenario `bpfls` runs with no arguments.
