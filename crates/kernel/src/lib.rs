@@ -607,7 +607,8 @@ struct MapObj {
 
 struct State {
     fds: BTreeMap<i32, FdObj>,
-    /// The live owners by id (an owner may outlive its fds).
+    /// Every owner by id, ended ones included (an owner may outlive its fds, and the invariant
+    /// checks cover ended owners too).
     owners: BTreeMap<u64, Arc<OwnerObj>>,
     next_fd: i32,
     next_id: u64,
@@ -952,8 +953,9 @@ impl Kernel {
     fn end_dead_owner(&self, cpu: u32, owner: &Arc<OwnerObj>, fd: i32) {
         let ty = owner.kind();
         {
+            // The owner stays in the registry, dead: check_invariants still sees it (an owner
+            // that ended with bytes charged breaks I7, bug zoo B6).
             let mut st = self.state.lock();
-            st.owners.remove(&bpfls_local_storage::Owner::id(owner.as_ref()));
             if !owner.past_gp() {
                 st.fds.remove(&fd);
             }
@@ -1505,8 +1507,9 @@ impl Kernel {
         })
     }
 
-    /// The storage core's invariants (I4–I7, I9, I11, I13, I15) over every live owner; call
-    /// it at a quiescent point (no CPU running). Empty when all hold.
+    /// The storage core's invariants (I4–I7, I9, I11, I13, I15) over every owner, ended ones
+    /// included (an ended owner has no storage and nothing charged); call it at a quiescent
+    /// point (no CPU running). Empty when all hold.
     ///
     /// ```
     /// # use bpfls_kernel::{Kernel, MapType};

@@ -525,13 +525,26 @@ impl Stepper {
                     (1..depth).map(|_| 1 + Self::next_random(&mut s) % steps.max(1)).collect();
                 s.pct = Pct { prio, change_points, step: 0 };
             }
-            s.current = Some(0);
             s.script_pos = 0;
             s.plan_pos = 0;
+            // A plan starts with the first body it names (body 0 running up to its first
+            // probe point first could already change what the plan's first step sees).
+            let first = match &s.schedule {
+                Schedule::Plan(plan) => plan
+                    .iter()
+                    .find_map(|a| match a {
+                        Action::Until(b, _) | Action::ToEnd(b) => Some(*b),
+                        _ => None,
+                    })
+                    .filter(|&b| b < n)
+                    .unwrap_or(0),
+                _ => 0,
+            };
+            s.current = Some(first);
             s.events.clear();
             s.trace.clear();
             if n > 0 {
-                Self::start(&mut s, 0);
+                Self::start(&mut s, first);
             }
             s.deadlock = false;
             s.driving = false;
@@ -823,6 +836,19 @@ impl Stepper {
             if !Self::gp_safe(&s) {
                 return s;
             }
+            // A plan whose body waits (for a grace period, say) gets the grace periods moved
+            // before any body it did not name runs in its place.
+            if let Some(Action::Until(b, _) | Action::ToEnd(b)) = Self::plan_action(&mut s)
+                && matches!(s.cpus.get(b), Some(CpuState::Waiting(_)))
+            {
+                let progressed;
+                (s, progressed) = self.drive(s, Self::step_domains);
+                if progressed {
+                    Self::wake_stale(&mut s);
+                    continue;
+                }
+                return s;
+            }
             let work = match s.schedule {
                 Schedule::Plan(_) => match Self::plan_action(&mut s) {
                     Some(Action::Advance(d)) => Some((d, false)),
@@ -929,8 +955,10 @@ impl Stepper {
     /// One step of each grace-period domain (Tasks-Trace first); whether either moved.
     fn step_domains(d: &Domains) -> bool {
         let moved = |x: Step| !matches!(x, Step::Idle | Step::Blocked { .. });
-        let tt = d.tasks_trace.advance();
-        moved(tt) || moved(d.rcu.advance())
+        // Both, every time: RCU must not wait for Tasks-Trace to run dry.
+        let tt = moved(d.tasks_trace.advance());
+        let rcu = moved(d.rcu.advance());
+        tt || rcu
     }
 
     fn wait_baton<'a>(&'a self, mut s: MutexGuard<'a, Sched>, me: usize) -> MutexGuard<'a, Sched> {

@@ -396,6 +396,12 @@ pub(crate) fn storage_id(h: Handle) -> u64 {
     h.id() | 1 << 56
 }
 
+/// The trace id of an element of map `map`: its handle's id with the map id in bits 57..64
+/// (each map has its own element slab, numbered from 0 too; ids of maps 128 apart coincide).
+pub(crate) fn selem_id(map: u16, h: Handle) -> u64 {
+    h.id() | (u64::from(map) & 0x7f) << 57
+}
+
 /// A held S or B lock that passes the `*_lock_release` probe point once released, so a
 /// lock-discipline checker ([`crate::LockDiscipline`]) can follow what each CPU holds.
 struct Held<'a, T> {
@@ -713,7 +719,7 @@ impl LocalStorage {
             owner.uncharge(smap.elem_size);
             return Err(Errno::ENOMEM);
         };
-        self.probe_mem("selem_alloc", cpu, h.id());
+        self.probe_mem("selem_alloc", cpu, selem_id(smap.id, h));
         let sel = smap.selems.peek(h).expect("just allocated");
         sel.smap.store(0, Ordering::Relaxed);
         sel.storage.store(0, Ordering::Relaxed);
@@ -734,10 +740,10 @@ impl LocalStorage {
     /// `bpf_selem_free` (§3.1): immediate reuse, `kfree_rcu`, or after a Tasks-Trace grace
     /// period (chained through RCU when it does not imply one).
     fn selem_free(&self, cpu: u32, s: SelemRef, reuse_now: bool) {
-        self.probe_mem("selem_free", cpu, s.h.id());
+        let obj = selem_id(s.smap.id, s.h);
+        self.probe_mem("selem_free", cpu, obj);
         let d = &self.inner.domains;
         let bytes = s.smap.elem_size;
-        let obj = s.h.id();
         // `bpf_obj_free_fields`: at once, except on the bpf_ma delete path, where a sleepable
         // program may still use a uptr page: there it runs in the Tasks-Trace callback (B11).
         let early = reuse_now

@@ -67,7 +67,7 @@ fn sentence(
             format!("caches map {}'s element in the storage's 16-slot lookup cache", get("map"))
         }
         "selem_alloc" => format!("allocates {}", obj()),
-        "storage_alloc" => format!("allocates {} for the owner and publishes it", obj()),
+        "storage_alloc" => format!("allocates {} for the owner, to publish it", obj()),
         "selem_link" => "links the new element into the owner's storage list".to_string(),
         "storage_lock_acquire" => format!("takes the lock of {}", names.name(get("storage"))),
         "storage_lock_release" => format!("releases the lock of {}", names.name(get("storage"))),
