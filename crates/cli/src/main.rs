@@ -11,6 +11,14 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::process::ExitCode;
 use std::time::Instant;
 
+/// `println!` that does not panic when stdout is closed early (`bpfls run x | head`).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 const EXAMPLES: &str = "\
 Examples:
   bpfls                                   run the default scenario, narrated
@@ -132,10 +140,13 @@ fn load_scenario(arg: &str) -> Result<(String, String, Scenario), BadInput> {
 
 fn print_outcome(outcome: &Outcome, format: Format, detail: Detail) {
     match format {
-        Format::Json => print!("{}", outcome.trace.to_ndjson()),
+        Format::Json => {
+            use std::io::Write;
+            let _ = write!(std::io::stdout(), "{}", outcome.trace.to_ndjson());
+        }
         Format::Text => {
             for line in narrate(&outcome.trace, detail) {
-                println!("{line}");
+                out!("{line}");
             }
         }
     }
@@ -200,7 +211,7 @@ fn execute(command: Option<Command>) -> Result<ExitCode, BadInput> {
                 (Some(seed), Some(depth)) => ScheduleSpec::Pct { seed, depth },
             };
             if matches!(format, Format::Text) {
-                println!("{}: {}\n", sc.name, sc.description);
+                out!("{}: {}\n", sc.name, sc.description);
             }
             let mut outcome = run(&sc, schedule);
             outcome.trace = outcome.trace.with_source(&path, &text);
@@ -228,26 +239,26 @@ fn execute(command: Option<Command>) -> Result<ExitCode, BadInput> {
             match divergence {
                 None => {
                     let n = replayed.lines.len();
-                    println!("identical: {n} lines replayed from {trace}");
+                    out!("identical: {n} lines replayed from {trace}");
                     if let Some(bpfls_scenario::Line::End { violations, deadlock, .. }) =
                         replayed.lines.last()
                     {
                         if !violations.is_empty() {
-                            println!("reproduced: {}", violations.join(", "));
+                            out!("reproduced: {}", violations.join(", "));
                         }
                         if let Some(d) = deadlock {
-                            println!("reproduced a deadlock: {}", d.join("; "));
+                            out!("reproduced a deadlock: {}", d.join("; "));
                         }
                     }
                     Ok(ExitCode::SUCCESS)
                 }
                 Some(d) => {
-                    println!("DIVERGED at line {} of {trace}", d.line);
+                    out!("DIVERGED at line {} of {trace}", d.line);
                     for c in &d.context {
-                        println!("    {c}");
+                        out!("    {c}");
                     }
-                    println!("  recorded: {}", d.recorded.as_deref().unwrap_or("(end of trace)"));
-                    println!("  replayed: {}", d.replayed.as_deref().unwrap_or("(end of run)"));
+                    out!("  recorded: {}", d.recorded.as_deref().unwrap_or("(end of trace)"));
+                    out!("  replayed: {}", d.replayed.as_deref().unwrap_or("(end of run)"));
                     Ok(ExitCode::from(1))
                 }
             }
@@ -267,10 +278,10 @@ fn execute(command: Option<Command>) -> Result<ExitCode, BadInput> {
             bar.finish_and_clear();
             let secs = start.elapsed().as_secs_f64();
             let rate = result.runs as f64 / secs.max(1e-9);
-            println!("{} schedules in {secs:.2} s ({rate:.0} schedules/s)", result.runs);
+            out!("{} schedules in {secs:.2} s ({rate:.0} schedules/s)", result.runs);
             match result.found {
                 None => {
-                    println!("no violation or deadlock found");
+                    out!("no violation or deadlock found");
                     Ok(ExitCode::SUCCESS)
                 }
                 Some(found) => {
@@ -282,14 +293,14 @@ fn execute(command: Option<Command>) -> Result<ExitCode, BadInput> {
                         trace_out.unwrap_or_else(|| format!("bpfls-{}-seed{seed}.ndjson", sc.name));
                     let trace = found.outcome.trace.clone().with_source(&path, &text);
                     write_file(&out, &trace.to_ndjson())?;
-                    println!("found under {:?}: {:?}", found.schedule, found.outcome.found);
+                    out!("found under {:?}: {:?}", found.schedule, found.outcome.found);
                     if let Some(d) = &found.outcome.deadlock {
-                        println!("deadlock: {}", d.join("; "));
+                        out!("deadlock: {}", d.join("; "));
                     }
                     for d in found.outcome.details.iter().take(5) {
-                        println!("  {d}");
+                        out!("  {d}");
                     }
-                    println!("trace written to {out}; reproduce it with:\n  bpfls replay {out}");
+                    out!("trace written to {out}; reproduce it with:\n  bpfls replay {out}");
                     Ok(ExitCode::from(1))
                 }
             }
@@ -299,13 +310,13 @@ fn execute(command: Option<Command>) -> Result<ExitCode, BadInput> {
                 let description = parse(&b.path(), b.text)
                     .map(|s| s.description)
                     .unwrap_or_else(|e| format!("(does not parse: {})", e.message()));
-                println!("{:<40} {description}", b.name);
+                out!("{:<40} {description}", b.name);
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { scenario } => {
             let (path, _, sc) = load_scenario(&scenario)?;
-            println!(
+            out!(
                 "{path}: ok ({} maps, {} owners, {} programs, {} steps)",
                 sc.maps.len(),
                 sc.owners.len(),

@@ -738,9 +738,13 @@ impl Stepper {
 
     /// Wakes the body that holds the baton (every body after a deadlock, so each can report).
     fn wake(&self, s: &Sched) {
-        if s.deadlock {
+        self.wake_to(s.current, s.deadlock);
+    }
+
+    fn wake_to(&self, current: Option<usize>, deadlock: bool) {
+        if deadlock {
             self.cvs.iter().for_each(Condvar::notify_all);
-        } else if let Some(c) = s.current {
+        } else if let Some(c) = current {
             if c >= WAKE_SLOTS {
                 self.cv(c).notify_all();
             } else {
@@ -963,7 +967,13 @@ impl Stepper {
 
     fn wait_baton<'a>(&'a self, mut s: MutexGuard<'a, Sched>, me: usize) -> MutexGuard<'a, Sched> {
         if s.current != Some(me) {
-            self.wake(&s);
+            // Wake the new holder with the lock released, so it does not wake only to block
+            // on the lock we still hold; it cannot miss the wakeup, because it checks
+            // `current` under the lock before it sleeps.
+            let (current, deadlock) = (s.current, s.deadlock);
+            drop(s);
+            self.wake_to(current, deadlock);
+            s = self.lock();
         }
         while s.current != Some(me) && !s.deadlock {
             s = self.cv(me).wait(s).unwrap_or_else(|e| e.into_inner());
