@@ -40,6 +40,7 @@ pub const BUNDLED: &[Bundled] = bundled![
     "optmem-limit",
     "recursion-guard",
     "map-free-barriers",
+    "three-cpus",
     "mutation-skip-cache-recheck",
     "mutation-skip-cache-clear",
     "mutation-delete-reuse-now",
