@@ -1065,6 +1065,30 @@ impl Kernel {
         }
     }
 
+    /// The elements of the map `map_fd` names (linked into its buckets), counted at a
+    /// quiescent point: `-EINVAL` unless `map_fd` is a map.
+    ///
+    /// ```
+    /// # use bpfls_kernel::{Kernel, MapType};
+    /// # use bpfls_local_storage::{MapAttr, flags::BPF_ANY};
+    /// let k = Kernel::builder().build();
+    /// let map = k.map_create(MapType::Sk, MapAttr::new(8)).unwrap();
+    /// let socks: Vec<i32> = (0..3).map(|_| k.socket_create().1).collect();
+    /// for s in &socks {
+    ///     k.map_update_elem(0, map, *s, &[1; 8], BPF_ANY).unwrap();
+    /// }
+    /// k.map_delete_elem(1, map, socks[0]).unwrap();
+    /// assert_eq!(k.map_elements(map).unwrap(), 2);
+    /// ```
+    pub fn map_elements(&self, map_fd: i32) -> Result<usize, Error> {
+        match self.fd(map_fd)? {
+            FdObj::Map(m) => Ok(m.smap.elements()),
+            FdObj::Owner(o) => {
+                Err(Error::new(Errno::EINVAL, format!("fd {map_fd} is not a map ({o})")))
+            }
+        }
+    }
+
     /// Passes a probe point the caller names, on `cpu`: a decision point of a stepped run and
     /// an event of its trace (how a scenario runner marks where its steps end). Nothing
     /// happens without a hook.

@@ -280,6 +280,22 @@ impl Smap {
         self.buckets.len()
     }
 
+    /// The elements linked into the map's buckets. A plain walk: call it at a quiescent point
+    /// (no CPU inside an update or delete of this map).
+    pub fn elements(&self) -> usize {
+        let cap = self.selem_slab().stats().capacity as usize;
+        let mut n = 0;
+        for b in self.buckets.iter() {
+            let mut cur = b.head.load(Ordering::Relaxed);
+            while cur != 0 && n <= cap {
+                n += 1;
+                let Some(sel) = self.selems.peek(link_handle(cur)) else { break };
+                cur = sel.map_next.load(Ordering::Relaxed);
+            }
+        }
+        n
+    }
+
     /// The slab of this map's selems.
     pub fn selem_slab(&self) -> &Slab<Selem> {
         self.selems.slab()

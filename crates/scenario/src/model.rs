@@ -326,6 +326,11 @@ pub enum Check {
         /// The domain.
         domain: GpDomain,
     },
+    /// The elements linked into a map.
+    Elements {
+        /// Map index.
+        map: usize,
+    },
 }
 
 /// The `[expect]` table: what must hold at the end.

@@ -362,6 +362,7 @@ struct RawStep {
     until: Option<Sp<String>>,
     r#as: Option<Sp<String>>,
     domain: Option<Sp<String>>,
+    map: Option<Sp<String>>,
 }
 
 #[derive(Deserialize)]
@@ -389,7 +390,7 @@ impl RawStep {
             evict => "evict", rmdir => "rmdir", accept => "accept", close_map => "close_map",
             grace_period => "grace_period", check => "check", owner => "owner",
             value => "value", flags => "flags", expect => "expect", until => "until",
-            r#as => "as", domain => "domain",
+            r#as => "as", domain => "domain", map => "map",
         )
     }
 }
@@ -1338,9 +1339,10 @@ impl Cx<'_> {
             match r.check.as_ref().map(|c| c.get_ref().as_str()) {
                 Some("pending") => &["check", "domain", "expect"],
                 Some("storage") | Some("charge") => &["check", "owner", "expect"],
+                Some("elements") => &["check", "map", "expect"],
                 _ => {
                     let c = r.check.as_ref().expect("verb present");
-                    let kinds = ["storage", "charge", "pending"];
+                    let kinds = ["storage", "charge", "pending", "elements"];
                     return Err(self
                         .err(
                             c.span(),
@@ -1452,6 +1454,19 @@ impl Cx<'_> {
                         )?;
                         Ok(StepKind::Check {
                             check: Check::Charge { owner },
+                            expect: Expect::Count(n),
+                        })
+                    }
+                    "elements" => {
+                        let m = r.map.as_ref().ok_or_else(|| missing("map", "\"NAME\""))?;
+                        let map = self.map_index(maps, m)?;
+                        let n = self.integer_expect(
+                            expect_v,
+                            "an elements check",
+                            "an integer (elements in the map)",
+                        )?;
+                        Ok(StepKind::Check {
+                            check: Check::Elements { map },
                             expect: Expect::Count(n),
                         })
                     }

@@ -369,6 +369,15 @@ fn exec_check(w: &World, check: &Check, expect: Expect) -> (String, bool) {
                 Err(e) => (format!("{name}: {e}"), false),
             }
         }
+        Check::Elements { map } => {
+            let name = &w.scenario.maps[*map].name;
+            match k.map_elements(w.map_fds[*map]) {
+                Ok(n) => {
+                    (format!("map {name} has {n} elements"), expect == Expect::Count(n as u64))
+                }
+                Err(e) => (format!("map {name}: {e}"), false),
+            }
+        }
         Check::Pending { domain } => {
             let stats = match domain {
                 GpDomain::Rcu => k.domains().rcu.stats(),
@@ -623,6 +632,7 @@ fn describe_check(sc: &Scenario, check: &Check) -> String {
         Check::Storage { owner } => format!("check storage of {}", sc.owners[*owner].name),
         Check::Charge { owner } => format!("check charge of {}", sc.owners[*owner].name),
         Check::Pending { domain } => format!("check pending callbacks on {}", domain_name(*domain)),
+        Check::Elements { map } => format!("check elements of map {}", sc.maps[*map].name),
     }
 }
 

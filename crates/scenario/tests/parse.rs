@@ -531,7 +531,12 @@ fn unknown_names_are_reported_at_the_name() {
     assert_at(&e, 17, 10, "unknown grace-period domain `rcuu`");
 
     let e = case("[[step]]\ncheck = \"charges\"\nowner = \"s\"\nexpect = 0\n");
-    assert_at(&e, 16, 9, "unknown check `charges`: expected `storage`, `charge` or `pending`");
+    assert_at(
+        &e,
+        16,
+        9,
+        "unknown check `charges`: expected `storage`, `charge`, `pending` or `elements`",
+    );
 
     let e = case("[[step]]\ncpu = 0\nupdate = \"tm\"\nowner = \"t\"\nflags = \"no_exist\"\n");
     assert_at(&e, 19, 9, "unknown update flags `no_exist`: expected `any`, `noexist` or `exist`");
