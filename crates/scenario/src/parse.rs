@@ -735,30 +735,39 @@ impl Cx<'_> {
                 }
             }
         }
-        for m in raw.mutations.unwrap_or_default() {
-            let name = m.get_ref();
-            if !MUTATIONS.contains(&name.as_str()) {
+        k.mutations = self.known_names(raw.mutations.unwrap_or_default(), MUTATIONS, "mutation")?;
+        Ok(k)
+    }
+
+    /// A list of names from `known`, each at most once (`what`: "mutation", "violation").
+    fn known_names(
+        &self,
+        names: Vec<Sp<String>>,
+        known: &[&str],
+        what: &str,
+    ) -> Result<Vec<String>, ScenarioError> {
+        let mut out: Vec<String> = Vec::new();
+        for n in names {
+            let name = n.get_ref();
+            if !known.contains(&name.as_str()) {
                 return Err(self
                     .err(
-                        m.span(),
-                        format!(
-                            "unknown mutation `{name}`: expected one of {}",
-                            quoted_list(MUTATIONS)
-                        ),
-                        "unknown mutation",
+                        n.span(),
+                        format!("unknown {what} `{name}`: expected one of {}", quoted_list(known)),
+                        format!("unknown {what}"),
                     )
-                    .with_suggestion(name, MUTATIONS));
+                    .with_suggestion(name, known));
             }
-            if k.mutations.contains(name) {
+            if out.contains(name) {
                 return Err(self.err(
-                    m.span(),
-                    format!("mutation `{name}` is listed twice: expected each at most once"),
+                    n.span(),
+                    format!("{what} `{name}` is listed twice: expected each at most once"),
                     "listed twice",
                 ));
             }
-            k.mutations.push(m.into_inner());
+            out.push(n.into_inner());
         }
-        Ok(k)
+        Ok(out)
     }
 
     fn maps(&self, raw: Option<Named<RawMap>>) -> Result<Vec<MapDecl>, ScenarioError> {
@@ -1665,29 +1674,8 @@ impl Cx<'_> {
     fn final_expect(&self, raw: Option<RawExpect>) -> Result<FinalExpect, ScenarioError> {
         let mut out = FinalExpect::default();
         let Some(raw) = raw else { return Ok(out) };
-        for v in raw.violations.unwrap_or_default() {
-            let name = v.get_ref();
-            if !VIOLATION_NAMES.contains(&name.as_str()) {
-                return Err(self
-                    .err(
-                        v.span(),
-                        format!(
-                            "unknown violation `{name}`: expected one of {}",
-                            quoted_list(VIOLATION_NAMES)
-                        ),
-                        "unknown violation",
-                    )
-                    .with_suggestion(name, VIOLATION_NAMES));
-            }
-            if out.violations.contains(name) {
-                return Err(self.err(
-                    v.span(),
-                    format!("violation `{name}` is listed twice: expected each at most once"),
-                    "listed twice",
-                ));
-            }
-            out.violations.push(v.into_inner());
-        }
+        out.violations =
+            self.known_names(raw.violations.unwrap_or_default(), VIOLATION_NAMES, "violation")?;
         out.deadlock = raw.deadlock.unwrap_or(false);
         Ok(out)
     }
