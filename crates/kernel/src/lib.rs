@@ -565,6 +565,7 @@ impl KernelBuilder {
             no_busy_counter: self.no_busy_counter,
             probes: self.probes.clone(),
             profile: self.profile,
+            stepper: self.stepper.clone(),
             busy: [MapType::Task, MapType::Cgrp]
                 .map(|_| (0..cpus).map(|_| CachePadded::new(AtomicU32::new(0))).collect()),
         }
@@ -645,6 +646,16 @@ pub struct Kernel {
     /// The probe points (shared with the storage core), for [`Prog::hold`] and `sys_enter`.
     probes: bpfls_sync::probe::Probes,
     profile: Profile,
+    /// The stepped executor, detached from the domains on drop.
+    stepper: Option<untracked::Arc<Stepper>>,
+}
+
+impl Drop for Kernel {
+    fn drop(&mut self) {
+        if let Some(s) = &self.stepper {
+            s.detach();
+        }
+    }
 }
 
 impl fmt::Debug for Kernel {

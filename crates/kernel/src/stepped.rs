@@ -37,7 +37,7 @@ use crate::Context;
 use bpfls_rcu::{Domains, Step};
 use bpfls_sync::probe::{ProbeEvent, ProbeHook, Verdict, WaitVerdict};
 use bpfls_sync::thread::{self, ThreadId};
-use bpfls_sync::untracked::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use bpfls_sync::untracked::{Arc, Condvar, Mutex, MutexGuard};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
@@ -284,7 +284,9 @@ pub struct Stepper {
     /// One condition variable per body (the last one shared by bodies beyond
     /// [`WAKE_SLOTS`]), so handing the baton on wakes only the body that gets it.
     cvs: Box<[Condvar]>,
-    domains: OnceLock<bpfls_sync::Arc<Domains>>,
+    /// The kernel's domains, while the kernel lives (it detaches them when dropped: the
+    /// domains' probe points hold this executor, and the cycle must not outlive the kernel).
+    domains: Mutex<Option<bpfls_sync::Arc<Domains>>>,
     /// Simulated tracing programs attached to the probe points (the fentry analogue).
     tracer: Option<Arc<dyn ProbeHook>>,
 }
@@ -431,14 +433,23 @@ impl Stepper {
                 deadlock: false,
             }),
             cvs: (0..=WAKE_SLOTS).map(|_| Condvar::new()).collect(),
-            domains: OnceLock::new(),
+            domains: Mutex::new(None),
             tracer,
         })
     }
 
     /// The domains whose grace periods the executor steps when every CPU waits.
     pub(crate) fn attach(&self, domains: bpfls_sync::Arc<Domains>) {
-        let _ = self.domains.set(domains);
+        *self.domains.lock().unwrap_or_else(|e| e.into_inner()) = Some(domains);
+    }
+
+    /// Forgets the domains (the kernel is being dropped).
+    pub(crate) fn detach(&self) {
+        *self.domains.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    fn domains(&self) -> Option<bpfls_sync::Arc<Domains>> {
+        self.domains.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, Sched> {
@@ -907,7 +918,7 @@ impl Stepper {
     ) -> (MutexGuard<'a, Sched>, bool) {
         s.driving = true;
         drop(s);
-        let progressed = self.domains.get().is_some_and(|d| step(d));
+        let progressed = self.domains().is_some_and(|d| step(&d));
         let mut s = self.lock();
         s.driving = false;
         s.epoch += 1;
@@ -1033,7 +1044,7 @@ impl ProbeHook for Stepper {
         let Some(&me) = s.threads.get(&thread::current().id()) else {
             // Not one of our CPUs (setup or teardown code): step the grace periods directly.
             drop(s);
-            let progressed = self.domains.get().is_some_and(|d| Self::step_domains(d));
+            let progressed = self.domains().is_some_and(|d| Self::step_domains(&d));
             return if progressed { WaitVerdict::Retry } else { WaitVerdict::Deadlock };
         };
         if s.deadlock {

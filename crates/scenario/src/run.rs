@@ -20,7 +20,7 @@ use bpfls_local_storage::{Errno, LockDiscipline, MapAttr};
 use bpfls_sync::probe::{ProbeEvent, ProbeHook, Verdict};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashSet};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 /// Slots per slab in a scenario's kernel.
 pub const SLAB_CAPACITY: u32 = 256;
@@ -148,14 +148,19 @@ impl World {
 /// themselves on the same CPU (the trampoline's `prog->active`), and the lock-discipline
 /// checker (I8: no allocation or free under a storage or bucket lock).
 struct Attach {
-    world: OnceLock<Arc<World>>,
+    /// Set for the run, cleared after it: the world holds the kernel, whose probe points hold
+    /// this hook, and the cycle must not outlive the run (the explorer makes thousands).
+    world: Mutex<Option<Arc<World>>>,
     active: Mutex<HashSet<(usize, u32)>>,
     locks: LockDiscipline,
 }
 
 impl ProbeHook for Attach {
     fn hit(&self, e: &ProbeEvent<'_>) -> Verdict {
-        let Some(w) = self.world.get() else { return Verdict::Continue };
+        let Some(w) = self.world.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+            return Verdict::Continue;
+        };
+        let w = &w;
         self.locks.hit(e);
         let Some(cpu) = e.cpu else { return Verdict::Continue };
         for (i, p) in w.scenario.programs.iter().enumerate() {
@@ -188,7 +193,7 @@ fn errno_text(e: &Error) -> String {
 }
 
 /// Compares an outcome with an expectation; `None` when there is none.
-fn matches(expect: Option<Expect>, got: &Result<Option<u64>, Errno>) -> Option<bool> {
+fn holds(expect: Option<Expect>, got: &Result<Option<u64>, Errno>) -> Option<bool> {
     let expect = expect?;
     Some(match (expect, got) {
         (Expect::Ok, Ok(_)) => true,
@@ -283,7 +288,7 @@ fn run_program(w: &World, cpu: u32, prog: &ProgramDecl, step: Option<usize>) -> 
                     }
                 }
             };
-            if w.check_expectations && matches(expect, &got) == Some(false) {
+            if w.check_expectations && holds(expect, &got) == Some(false) {
                 all_ok = false;
                 w.fail(format!(
                     "{where_}: program {}: `{text}`, expected {}",
@@ -422,7 +427,7 @@ pub fn run(scenario: &Scenario, schedule: ScheduleSpec) -> Outcome {
         }
     };
     let attach = Arc::new(Attach {
-        world: OnceLock::new(),
+        world: Mutex::new(None),
         active: Mutex::new(HashSet::new()),
         locks: LockDiscipline::new(),
     });
@@ -485,7 +490,7 @@ pub fn run(scenario: &Scenario, schedule: ScheduleSpec) -> Outcome {
         failures: Mutex::new(failures),
         check_expectations: steps_mode,
     });
-    let _ = attach.world.set(world.clone());
+    *attach.world.lock().unwrap_or_else(|e| e.into_inner()) = Some(world.clone());
 
     // One body per CPU, plus the observer for checks.
     let mut bodies: Vec<CpuBody> = Vec::new();
@@ -499,7 +504,7 @@ pub fn run(scenario: &Scenario, schedule: ScheduleSpec) -> Outcome {
                 }
                 w.kernel.mark(cpu, "step_start", &[("step", i as u64 + 1)]);
                 let (text, got) = exec_op(&w, cpu, i, op);
-                let ok = match matches(*expect, &got) {
+                let ok = match holds(*expect, &got) {
                     Some(false) if w.check_expectations => {
                         w.fail(format!(
                             "step {} (line {}): `{text}`, expected {}",
@@ -567,7 +572,9 @@ pub fn run(scenario: &Scenario, schedule: ScheduleSpec) -> Outcome {
         })
         .collect();
     let report = stepper.run_placed(placed);
-    finish(&world, &report, schedule, attach.locks.problems())
+    let outcome = finish(&world, &report, schedule, attach.locks.problems());
+    *attach.world.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    outcome
 }
 
 /// The plan for [`ScheduleSpec::Steps`].
