@@ -471,3 +471,15 @@ fn a_deleted_element_is_freed_only_after_its_reader_leaves_sleepable_or_not() {
         assert!(k.violations().is_empty(), "{:?}", k.violations().snapshot());
     }
 }
+
+#[test]
+fn a_dropped_stepped_kernel_frees_its_domains() {
+    // The domains' probe points hold the executor, and the executor the domains: the kernel
+    // breaks that cycle when dropped, so an explorer's thousands of kernels do not pile up.
+    let stepper = Stepper::new(Schedule::Random(0));
+    let k = Kernel::builder().stepped(&stepper).build();
+    let domains = Arc::downgrade(k.domains());
+    stepper.run(vec![]);
+    drop(k);
+    assert!(domains.upgrade().is_none(), "the domains outlived their kernel");
+}
