@@ -49,6 +49,7 @@ pub const BUNDLED: &[Bundled] = bundled![
     "mutation-map-free-skip-rcu-barrier",
     "mutation-alloc-under-lock",
     "mutation-one-bucket",
+    "mutation-free-fields-early",
     "mutation-busy-counter-off",
     "mutation-busted-rcu",
 ];

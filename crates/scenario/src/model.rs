@@ -107,6 +107,8 @@ pub struct MapDecl {
     pub value_size: u32,
     /// `BPF_F_CLONE`.
     pub clone: bool,
+    /// The value has a uptr field (a pinned user page; task storage only).
+    pub uptr: bool,
 }
 
 /// An owner: a `[owners.NAME]` table, or the `as` of an `accept` step.
@@ -164,6 +166,12 @@ pub enum ProgAction {
     },
     /// Passes the probe point `prog_hold`: a place to pause the program (it blocks there).
     Hold,
+    /// Dereferences the uptr field of the last got value (its pinned user page): the page
+    /// must still be pinned (I11).
+    UseUptr {
+        /// `Ok` when the page is still there.
+        expect: Option<Expect>,
+    },
     /// `bpf_X_storage_delete(map, owner)`.
     Delete {
         /// Map index.

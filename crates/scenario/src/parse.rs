@@ -303,6 +303,7 @@ struct RawMap {
     r#type: Option<Sp<String>>,
     value_size: Option<Sp<u32>>,
     clone: Option<bool>,
+    uptr: Option<Sp<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -330,6 +331,7 @@ struct RawAction {
     get: Option<Sp<String>>,
     read: Option<Sp<bool>>,
     hold: Option<Sp<bool>>,
+    uptr: Option<Sp<bool>>,
     delete: Option<Sp<String>>,
     owner: Option<Sp<String>>,
     create: Option<Sp<bool>>,
@@ -398,7 +400,7 @@ impl RawStep {
 impl RawAction {
     fn keys(&self) -> Vec<(&'static str, Range<usize>)> {
         present_keys!(self;
-            get => "get", read => "read", hold => "hold", delete => "delete",
+            get => "get", read => "read", hold => "hold", uptr => "uptr", delete => "delete",
             owner => "owner", create => "create", init => "init", write => "write",
             expect => "expect",
         )
@@ -441,13 +443,14 @@ fn step_keys(verb: &str) -> &'static [&'static str] {
     }
 }
 
-const ACTION_VERBS: &[&str] = &["get", "read", "hold", "delete"];
+const ACTION_VERBS: &[&str] = &["get", "read", "hold", "uptr", "delete"];
 
 fn action_keys(verb: &str) -> &'static [&'static str] {
     match verb {
         "get" => &["get", "owner", "create", "init", "write", "expect"],
         "read" => &["read", "expect"],
         "hold" => &["hold"],
+        "uptr" => &["uptr", "expect"],
         _ => &["delete", "owner", "expect"],
     }
 }
@@ -823,7 +826,20 @@ impl Cx<'_> {
                 }
             };
             let clone = m.get_ref().clone.unwrap_or(false);
-            maps.push(MapDecl { name: name.into_inner(), ty, value_size, clone });
+            let uptr = match &m.get_ref().uptr {
+                Some(u) if *u.get_ref() && ty != MapType::Task => {
+                    return Err(self.err(
+                        u.span(),
+                        "uptr = true on a map that is not task storage: expected it only on \
+                         type = \"task\" (uptr fields are for task storage only)"
+                            .to_string(),
+                        "not a task map",
+                    ));
+                }
+                Some(u) => *u.get_ref(),
+                None => false,
+            };
+            maps.push(MapDecl { name: name.into_inner(), ty, value_size, clone, uptr });
         }
         Ok(maps)
     }
@@ -1242,6 +1258,21 @@ impl Cx<'_> {
                     })
                     .transpose()?;
                 ProgAction::Read { expect }
+            }
+            "uptr" => {
+                let uptr = r.uptr.as_ref().expect("verb present");
+                if !*uptr.get_ref() || !after_get {
+                    return Err(self.err(
+                        uptr.span(),
+                        "a `uptr = true` action dereferences the uptr field of the value an \
+                         earlier `get` returned: expected `uptr = true` after a `get`"
+                            .to_string(),
+                        "no get before this, or not true",
+                    ));
+                }
+                let expect =
+                    r.expect.as_ref().map(|e| self.outcome(e, "uptr", false)).transpose()?;
+                ProgAction::UseUptr { expect }
             }
             "hold" => {
                 let hold = r.hold.as_ref().expect("verb present");

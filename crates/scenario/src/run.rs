@@ -16,7 +16,7 @@ use bpfls_kernel::{
     Action, CpuBody, Error, GpDomain, Kernel, MapType, ProgSpec, RunReport, Schedule, Stepper,
 };
 use bpfls_local_storage::flags::{BPF_LOCAL_STORAGE_GET_F_CREATE, MapFlags};
-use bpfls_local_storage::{Errno, LockDiscipline, MapAttr};
+use bpfls_local_storage::{Errno, LockDiscipline, MapAttr, ValueLayout};
 use bpfls_sync::probe::{ProbeEvent, ProbeHook, Verdict};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashSet};
@@ -126,6 +126,8 @@ struct World {
     attached: Mutex<Vec<Line>>,
     /// Expectation failures.
     failures: Mutex<Vec<String>>,
+    /// Problems the programs' checked accesses found (I11: a uptr page used after release).
+    detected: Mutex<Vec<String>>,
     /// Whether steps' expectations are checked (not under the explorer's schedules).
     check_expectations: bool,
 }
@@ -277,6 +279,24 @@ fn run_program(w: &World, cpu: u32, prog: &ProgramDecl, step: Option<usize>) -> 
                     p.hold();
                     ("hold".to_string(), Ok(None), None)
                 }
+                ProgAction::UseUptr { expect } => match &last {
+                    None => ("uptr: no value".to_string(), Err(Errno::EINVAL), *expect),
+                    Some(v) if v.element().map().attr().layout.uptrs == 0 => (
+                        "uptr: the value has no uptr field".to_string(),
+                        Err(Errno::EINVAL),
+                        *expect,
+                    ),
+                    Some(v) => match v.element().use_fields("scenario program uptr") {
+                        Ok(()) => ("uptr: ok".to_string(), Ok(None), *expect),
+                        Err(problem) => {
+                            w.detected
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .push(problem.clone());
+                            (format!("uptr: {problem}"), Err(Errno::EINVAL), *expect)
+                        }
+                    },
+                },
                 ProgAction::Delete { map, owner, expect } => {
                     let name = format!(
                         "delete {} {}",
@@ -461,12 +481,12 @@ pub fn run(scenario: &Scenario, schedule: ScheduleSpec) -> Outcome {
             } else {
                 MapFlags::NO_PREALLOC.bits()
             };
-            kernel.map_create(m.ty, MapAttr::new(m.value_size).with_flags(flags)).unwrap_or_else(
-                |e| {
-                    failures.push(format!("map {}: {e}", m.name));
-                    -1
-                },
-            )
+            let layout = ValueLayout { uptrs: u8::from(m.uptr), ..ValueLayout::default() };
+            let attr = MapAttr::new(m.value_size).with_flags(flags).with_layout(layout);
+            kernel.map_create(m.ty, attr).unwrap_or_else(|e| {
+                failures.push(format!("map {}: {e}", m.name));
+                -1
+            })
         })
         .collect();
     let owner_fds: Vec<i32> = sc
@@ -488,6 +508,7 @@ pub fn run(scenario: &Scenario, schedule: ScheduleSpec) -> Outcome {
         outcomes: Mutex::new(vec![None; sc.steps.len()]),
         attached: Mutex::new(Vec::new()),
         failures: Mutex::new(failures),
+        detected: Mutex::new(Vec::new()),
         check_expectations: steps_mode,
     });
     *attach.world.lock().unwrap_or_else(|e| e.into_inner()) = Some(world.clone());
@@ -653,6 +674,7 @@ fn finish(
     let k = &world.kernel;
     let sc = &world.scenario;
     let mut details: Vec<String> = lock_problems;
+    details.extend(world.detected.lock().unwrap_or_else(|e| e.into_inner()).drain(..));
     let deadlock = report.deadlock.then(|| report.wait_for.clone());
     for (b, r) in report.results.iter().enumerate() {
         if let Err(msg) = r

@@ -230,10 +230,34 @@ fn a_complete_file_parses_to_the_exact_scenario() {
             mutations: vec!["skip_cache_recheck".into(), "one_bucket".into()],
         },
         maps: vec![
-            MapDecl { name: "tmap".into(), ty: MapType::Task, value_size: 8, clone: false },
-            MapDecl { name: "smap".into(), ty: MapType::Sk, value_size: 16, clone: true },
-            MapDecl { name: "imap".into(), ty: MapType::Inode, value_size: 4, clone: false },
-            MapDecl { name: "cmap".into(), ty: MapType::Cgrp, value_size: 8, clone: false },
+            MapDecl {
+                name: "tmap".into(),
+                ty: MapType::Task,
+                value_size: 8,
+                clone: false,
+                uptr: false,
+            },
+            MapDecl {
+                name: "smap".into(),
+                ty: MapType::Sk,
+                value_size: 16,
+                clone: true,
+                uptr: false,
+            },
+            MapDecl {
+                name: "imap".into(),
+                ty: MapType::Inode,
+                value_size: 4,
+                clone: false,
+                uptr: false,
+            },
+            MapDecl {
+                name: "cmap".into(),
+                ty: MapType::Cgrp,
+                value_size: 8,
+                clone: false,
+                uptr: false,
+            },
         ],
         owners: vec![
             OwnerDecl { name: "t1".into(), kind: MapType::Task, accepted_by: None },
@@ -681,7 +705,7 @@ fn a_step_has_exactly_one_verb_and_only_its_keys() {
         &e,
         16,
         12,
-        "an action without a verb: expected exactly one of `get`, `read`, `hold` or `delete`",
+        "an action without a verb: expected exactly one of `get`, `read`, `hold`, `uptr` or `delete`",
     );
     let e = case("[programs.p]\nactions = [{ hold = true, read = true }]\n");
     assert_at(&e, 16, 34, "an action with two verbs, `hold` and `read`");
