@@ -1069,3 +1069,19 @@ fn truncated_and_mutated_files_never_panic() {
         parse_checked(text, true);
     }
 }
+
+#[test]
+fn uptr_fields_are_for_task_maps_and_used_after_a_get() {
+    let e = case("[maps.u]\ntype = \"sk\"\nuptr = true\n");
+    assert_at(&e, 17, 8, "uptr = true on a map that is not task storage");
+
+    let e = case("[programs.p]\nactions = [ { uptr = true } ]\n");
+    assert_at(&e, 16, 22, "expected `uptr = true` after a `get`");
+
+    let text = format!(
+        "{HEAD}[maps.u]\ntype = \"task\"\nuptr = true\n[programs.p]\nsleepable = true\n\
+         actions = [ {{ get = \"u\", owner = \"t\" }}, {{ uptr = true, expect = \"ok\" }} ]\n"
+    );
+    let s = parse("case.toml", &text).unwrap();
+    assert!(s.maps.iter().any(|m| m.name == "u" && m.uptr));
+}
