@@ -897,18 +897,28 @@ impl Cx<'_> {
             return Ok(i);
         }
         let names: Vec<&str> = maps.iter().map(|m| m.name.as_str()).collect();
+        Err(self.unknown_table_name("map", "maps", name, &names))
+    }
+
+    /// `unknown map `x`: expected one of the [maps] tables: ...` at `name`, with a suggestion.
+    fn unknown_table_name(
+        &self,
+        what: &str,
+        table: &str,
+        name: &Sp<String>,
+        names: &[&str],
+    ) -> ScenarioError {
         let expected = if names.is_empty() {
-            "there are no [maps.NAME] tables".to_string()
+            format!("there are no [{table}.NAME] tables")
         } else {
-            format!("expected one of the [maps] tables: {}", quoted_list(&names))
+            format!("expected one of the [{table}] tables: {}", quoted_list(names))
         };
-        Err(self
-            .err(
-                name.span(),
-                format!("unknown map `{}`: {expected}", name.get_ref()),
-                "unknown map",
-            )
-            .with_suggestion(name.get_ref(), &names))
+        self.err(
+            name.span(),
+            format!("unknown {what} `{}`: {expected}", name.get_ref()),
+            format!("unknown {what}"),
+        )
+        .with_suggestion(name.get_ref(), names)
     }
 
     /// Resolves an owner among `owners`; `visible` is how many of them exist at this point
@@ -1611,18 +1621,7 @@ impl Cx<'_> {
             "run" => {
                 let Some(program) = programs.iter().position(|p| p == verb_name.get_ref()) else {
                     let names: Vec<&str> = programs.iter().map(String::as_str).collect();
-                    let expected = if names.is_empty() {
-                        "there are no [programs.NAME] tables".to_string()
-                    } else {
-                        format!("expected one of the [programs] tables: {}", quoted_list(&names))
-                    };
-                    return Err(self
-                        .err(
-                            verb_name.span(),
-                            format!("unknown program `{}`: {expected}", verb_name.get_ref()),
-                            "unknown program",
-                        )
-                        .with_suggestion(verb_name.get_ref(), &names));
+                    return Err(self.unknown_table_name("program", "programs", verb_name, &names));
                 };
                 Op::Run { program }
             }
