@@ -48,6 +48,13 @@ fn check_and_list() {
     let o = bpfls(&["list"]);
     assert_eq!(o.status.code(), Some(0));
     assert!(text(&o).0.lines().any(|l| l.starts_with("task-lifecycle ")));
+    for cmd in [&[][..], &["run"], &["check"], &["list"], &["replay"], &["explore"]] {
+        let mut args = cmd.to_vec();
+        args.push("--help");
+        let o = bpfls(&args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}");
+        assert!(text(&o).0.contains("Examples:"), "`bpfls {args:?}` shows examples");
+    }
 }
 
 #[test]
