@@ -97,7 +97,9 @@ enum Command {
         trace_out: Option<String>,
     },
     /// The bundled scenarios, with one-line descriptions.
-    #[command(after_help = "Examples:\n  bpfls list\n  bpfls run $(bpfls list | grep r1 | cut -d' ' -f1)")]
+    #[command(
+        after_help = "Examples:\n  bpfls list\n  bpfls run $(bpfls list | grep r1 | cut -d' ' -f1)"
+    )]
     List,
     /// Parse and validate a scenario file without running it.
     #[command(after_help = "Examples:\n  bpfls check my.toml")]
