@@ -172,6 +172,14 @@ fn write_file(path: &str, text: &str) -> Result<(), BadInput> {
 }
 
 fn main() -> ExitCode {
+    // A logical CPU's panic (a deadlock report, a checker's) is caught by the stepped executor
+    // and reported with the run; printing it again, with a backtrace, would only be noise.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !std::thread::current().name().is_some_and(|n| n.starts_with("bpfls-cpu")) {
+            default_hook(info);
+        }
+    }));
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
     tracing_subscriber::fmt()
