@@ -971,6 +971,21 @@ impl Kernel {
                 st.fds.remove(&fd);
             }
         }
+        // The final put: a running program that uses the owner holds a reference, so the
+        // destroy waits until every such program has ended.
+        while owner.users() > 0 {
+            let id = bpfls_local_storage::Owner::id(owner.as_ref());
+            if !self.probes.is_attached() {
+                bpfls_sync::spin_wait();
+            } else if self.probes.wait("owner_wait", Some(cpu), &[("owner", id)])
+                == bpfls_sync::probe::WaitVerdict::Deadlock
+            {
+                panic!(
+                    "bpfls-kernel: deadlock: CPU {cpu} waits for the programs that use {owner} \
+                     to end, and none of them can run"
+                );
+            }
+        }
         if owner.past_gp() {
             self.domains.rcu.synchronize();
         }
@@ -1531,7 +1546,8 @@ impl Kernel {
         }
         // Declared before the read guard, so dropped after it: the maps the program used
         // stay referenced until its section has ended, and a free they trigger runs outside.
-        let prog = Prog { k: self, cpu, spec, held: Default::default() };
+        let prog =
+            Prog { k: self, cpu, spec, held: Default::default(), owners: Default::default() };
         Ok(if spec.sleepable {
             let task = self.domains.tasks_trace.register_task(self.new_id() | 1 << 63);
             let _g = self.domains.tasks_trace.read_lock(&task);
@@ -1730,6 +1746,17 @@ pub struct Prog<'k> {
     spec: ProgSpec,
     /// The maps the program used (its `used_maps`), released after its read section.
     held: std::cell::RefCell<Vec<MapHold<'k>>>,
+    /// The owners it used, each referenced until it ends.
+    owners: std::cell::RefCell<Vec<OwnerHold>>,
+}
+
+/// A running program's reference to an owner: the owner's final put waits for it.
+struct OwnerHold(Arc<OwnerObj>);
+
+impl Drop for OwnerHold {
+    fn drop(&mut self) {
+        self.0.put_user();
+    }
 }
 
 impl fmt::Debug for Prog<'_> {
@@ -1794,6 +1821,17 @@ impl<'k> Prog<'k> {
         Ok(m)
     }
 
+    /// The owner `fd` names for a map of type `ty`, referenced until the program ends.
+    fn use_owner(&self, ty: MapType, fd: i32) -> Result<Arc<OwnerObj>, Error> {
+        let o = self.k.owner_for(ty, fd)?;
+        let mut owners = self.owners.borrow_mut();
+        if !owners.iter().any(|h| Arc::ptr_eq(&h.0, &o)) {
+            o.get_user();
+            owners.push(OwnerHold(o.clone()));
+        }
+        Ok(o)
+    }
+
     /// `bpf_sk_storage_*_tracing` refuse hardirq and NMI context.
     fn sk_tracing_refused(&self, ty: MapType) -> bool {
         ty == MapType::Sk
@@ -1835,7 +1873,7 @@ impl<'k> Prog<'k> {
         if flags & !BPF_LOCAL_STORAGE_GET_F_CREATE != 0 || self.sk_tracing_refused(m.ty) {
             return None;
         }
-        let owner = k.owner_for(m.ty, owner_fd).ok()?;
+        let owner = self.use_owner(m.ty, owner_fd).ok()?;
         let ls = k.storage(m.ty);
         // Plain helpers take the counter unconditionally; `_recur` ones (and cgroup's single
         // proto) only try, and without it neither cache nor create.
@@ -1898,7 +1936,7 @@ impl<'k> Prog<'k> {
                 ),
             ));
         }
-        let owner = k.owner_for(m.ty, owner_fd).map_err(|_| {
+        let owner = self.use_owner(m.ty, owner_fd).map_err(|_| {
             Error::new(Errno::EINVAL, format!("fd {owner_fd} names no {}", m.ty.owner_name()))
         })?;
         if m.ty == MapType::Sk && !owner.alive() {

@@ -28,6 +28,9 @@ pub struct OwnerObj {
     ptr: AtomicU64,
     alive: untracked::AtomicBool,
     optmem: Option<Optmem>,
+    /// Running programs that use it (each holds a reference, like `bpf_task_acquire` or a
+    /// hook's argument): the final put, and with it the storage's destroy, waits for them.
+    users: untracked::AtomicU64,
 }
 
 impl fmt::Debug for OwnerObj {
@@ -50,6 +53,7 @@ impl OwnerObj {
             ptr: AtomicU64::new(0),
             alive: untracked::AtomicBool::new(true),
             optmem: optmem_max.map(Optmem::new),
+            users: untracked::AtomicU64::new(0),
         }
     }
 
@@ -88,6 +92,24 @@ impl OwnerObj {
     /// ```
     pub fn alive(&self) -> bool {
         self.alive.load(untracked::Ordering::Relaxed)
+    }
+
+    /// A running program takes a reference.
+    pub(crate) fn get_user(&self) {
+        self.users.fetch_add(1, untracked::Ordering::Relaxed);
+    }
+
+    /// A running program drops its reference.
+    pub(crate) fn put_user(&self) {
+        // ORDERING: Release pairs with the Acquire load in `users`: the program's accesses to
+        // the owner's storage happen before the destroy that waited for this.
+        self.users.fetch_sub(1, untracked::Ordering::Release);
+    }
+
+    /// Running programs that hold a reference.
+    pub(crate) fn users(&self) -> u64 {
+        // ORDERING: Acquire pairs with the Release in `put_user`.
+        self.users.load(untracked::Ordering::Acquire)
     }
 
     /// Marks it dead; `false` if it already was.

@@ -483,3 +483,38 @@ fn a_dropped_stepped_kernel_frees_its_domains() {
     drop(k);
     assert!(domains.upgrade().is_none(), "the domains outlived their kernel");
 }
+
+#[test]
+fn a_task_exit_waits_for_the_programs_that_use_the_task() {
+    // A sleepable program holds the task's value and blocks; the task exits on CPU 1. The
+    // program holds a reference on the task (as `bpf_task_acquire` or a hook argument would),
+    // so the final put, and the storage's destroy with its immediate reuse, wait for it.
+    let stepper = Stepper::new(Schedule::Plan(vec![
+        Action::Until(0, "prog_hold".into()),
+        Action::ToEnd(1),
+        Action::ToEnd(0),
+    ]));
+    let k = Arc::new(Kernel::builder().cpus(2).stepped(&stepper).build());
+    let map = k.map_create(MapType::Task, MapAttr::new(8)).unwrap();
+    let (_, task) = k.task_spawn();
+    k.map_update_elem(0, map, task, &[3; 8], BPF_ANY).unwrap();
+    let read = Arc::new(Mutex::new(None));
+    let (k0, k1, out) = (k.clone(), k.clone(), read.clone());
+    let report = stepper.run(vec![
+        Box::new(move || {
+            *out.lock().unwrap() = Some(k0.run_prog(0, true, |p| {
+                let v = p.storage_get(map, task, None, 0).expect("present");
+                p.hold();
+                v.read("sleepable program after the exit began")
+            }));
+        }),
+        Box::new(move || k1.task_exit(1, task).unwrap()),
+    ]);
+    assert!(!report.deadlock && report.results.iter().all(Result::is_ok), "{report:?}");
+    assert_eq!(*read.lock().unwrap(), Some(Ok(vec![3; 8])), "no use after free");
+    let at = |e: (usize, &str)| report.events.iter().position(|x| *x == e).unwrap();
+    assert!(at((1, "owner_wait")) < at((0, "body_end")), "the exit waited: {:?}", report.events);
+    assert!(at((0, "body_end")) < at((1, "selem_free")), "and destroyed after the program");
+    assert_eq!(k.shutdown().unwrap(), 0);
+    assert!(k.violations().is_empty(), "{:?}", k.violations().snapshot());
+}

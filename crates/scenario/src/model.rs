@@ -401,6 +401,7 @@ pub const PROBE_POINTS: &[&str] = &[
     "barrier",
     "gp_wait",
     "lock_wait",
+    "owner_wait",
     "prog_hold",
 ];
 

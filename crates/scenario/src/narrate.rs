@@ -98,6 +98,10 @@ fn sentence(
         "barrier" => format!("waits for every queued {} callback (barrier)", domain(f)),
         "gp_wait" => format!("waits for {} grace period", article(domain(f))),
         "lock_wait" => "spins: the lock is held elsewhere".to_string(),
+        "owner_wait" => {
+            "waits for the programs using the owner to end (they hold references: the final put)"
+                .to_string()
+        }
         "prog_hold" => "the program blocks here, still holding its values".to_string(),
         "sys_enter" => match get("cmd") {
             1 => "enters bpf(BPF_MAP_LOOKUP_ELEM)".to_string(),
