@@ -153,6 +153,8 @@ struct Attach {
     /// Set for the run, cleared after it: the world holds the kernel, whose probe points hold
     /// this hook, and the cycle must not outlive the run (the explorer makes thousands).
     world: Mutex<Option<Arc<World>>>,
+    /// Programs run only while the steps do (not during setup or the final teardown).
+    armed: std::sync::atomic::AtomicBool,
     active: Mutex<HashSet<(usize, u32)>>,
     locks: LockDiscipline,
 }
@@ -165,6 +167,9 @@ impl ProbeHook for Attach {
         let w = &w;
         self.locks.hit(e);
         let Some(cpu) = e.cpu else { return Verdict::Continue };
+        if !self.armed.load(std::sync::atomic::Ordering::Relaxed) {
+            return Verdict::Continue;
+        }
         for (i, p) in w.scenario.programs.iter().enumerate() {
             if p.attach != Some(e.site) {
                 continue;
@@ -448,6 +453,7 @@ pub fn run(scenario: &Scenario, schedule: ScheduleSpec) -> Outcome {
     };
     let attach = Arc::new(Attach {
         world: Mutex::new(None),
+        armed: std::sync::atomic::AtomicBool::new(false),
         active: Mutex::new(HashSet::new()),
         locks: LockDiscipline::new(),
     });
@@ -592,7 +598,9 @@ pub fn run(scenario: &Scenario, schedule: ScheduleSpec) -> Outcome {
             (cpu, bpfls_kernel::Context::Task, body)
         })
         .collect();
+    attach.armed.store(true, std::sync::atomic::Ordering::Relaxed);
     let report = stepper.run_placed(placed);
+    attach.armed.store(false, std::sync::atomic::Ordering::Relaxed);
     let outcome = finish(&world, &report, schedule, attach.locks.problems());
     *attach.world.lock().unwrap_or_else(|e| e.into_inner()) = None;
     outcome
