@@ -1,8 +1,9 @@
 //! Stepped (deterministic) execution: logical CPUs run one at a time and switch only at probe
-//! points, as a seeded or scripted scheduler decides. A CPU that cannot make progress (a held
-//! lock, an unfinished grace period) waits through the scheduler; when every CPU waits, the
-//! executor steps the grace-period machinery, and when that cannot move either, the run reports
-//! a deadlock instead of hanging.
+//! points, as a seeded, scripted, planned or PCT scheduler decides ([`Schedule`]). Grace periods
+//! move when the plan says, as one of the random scheduler's choices, or when every CPU waits. A
+//! CPU that cannot make progress (a held lock, an unfinished grace period, an owner still used by
+//! a program) waits through the scheduler; when every CPU waits and the grace-period machinery
+//! cannot move either, the run reports a deadlock, with its wait-for cycle, instead of hanging.
 //!
 //! Why threads and a baton rather than coroutines: the storage code is ordinary blocking Rust,
 //! and the probe points are the only places it yields, so each logical CPU is an OS thread that
@@ -10,9 +11,11 @@
 //! points: build the kernel with [`KernelBuilder::stepped`](crate::KernelBuilder::stepped), which
 //! attaches it. The same schedule and the same workload always give the same events.
 //!
-//! A waiting CPU is woken when anything happened since it started waiting (another CPU passed a
-//! probe point or finished, or a grace-period step moved), so a lock released by a finished
-//! holder is never mistaken for a deadlock.
+//! A waiting CPU becomes a candidate again, at the next decision point, once something it may be
+//! waiting for has happened since it started waiting (a lock released, a reader leaving, a
+//! callback queued, a body ending, grace-period work), so a lock released by a finished holder is
+//! never mistaken for a deadlock and a finished `synchronize` does not wait for the other CPUs to
+//! block.
 //!
 //! # Contexts
 //!
