@@ -2,12 +2,12 @@
 //!
 //! A scenario is a TOML file a person new to BPF can read and write (see
 //! `docs/scenario-format.md`): the kernel's configuration, maps, owners, programs built from a
-//! few named behaviours, and an ordered list of steps. [`parse`] turns it into a validated
-//! [`Scenario`] (or an error with file, line, column and what was expected); [`run`] executes
+//! few named behaviours, and an ordered list of steps. [`parse()`] turns it into a validated
+//! [`Scenario`] (or an error with file, line, column and what was expected); [`run()`] executes
 //! it on the `Kernel`'s stepped mode, where the steps' order is the schedule, and produces a
 //! [`Trace`]: every probe point passed and every step's outcome, in order, with no addresses
-//! and no wall time, so the same scenario always gives the same trace. [`replay`] re-executes a
-//! trace and compares it event by event; [`explore`] runs the same scenario under many seeded
+//! and no wall time, so the same scenario always gives the same trace. [`replay()`] re-executes a
+//! trace and compares it event by event; [`explore()`] runs the same scenario under many seeded
 //! schedules looking for violations.
 
 pub mod model;

@@ -1,4 +1,4 @@
-//! A validated scenario: what [`parse`](crate::parse) makes of a file, and what the runner
+//! A validated scenario: what [`parse`](crate::parse()) makes of a file, and what the runner
 //! executes. Names are resolved to indices here, so the runner never meets an unknown map,
 //! owner, program or probe point.
 

@@ -5,10 +5,10 @@
 //! models or benchmarks (`crates/rcu`, `crates/mem_alloc`, `crates/local_storage`); the copies
 //! had started to drift. They live here once:
 //!
-//! - [`loom`] (only under `--cfg loom`): runs a model at the run's preemption bound, counts
+//! - `loom` (only under `--cfg loom`): runs a model at the run's preemption bound, counts
 //!   its executions and prints the line that `cargo xtask loom` compares with
 //!   `xtask/loom-baseline.txt`; runs known-bad models that loom must catch; tallies outcomes.
-//! - [`bench`]: interleaved subject / control rounds, per-operation timing, medians, the
+//! - [`bench`](mod@bench): interleaved subject / control rounds, per-operation timing, medians, the
 //!   watchdog that turns an engine hang into an exit status, and the result tables.
 //!
 //! Each crate keeps its own fixtures (the objects and worlds its models build) and its own
