@@ -787,27 +787,12 @@ impl Cx<'_> {
                         "no `type`",
                     ));
                 }
-                Some(t) => match t.get_ref().as_str() {
-                    "task" => MapType::Task,
-                    "sk" => MapType::Sk,
-                    "inode" => MapType::Inode,
-                    "cgroup" => MapType::Cgrp,
-                    other => {
-                        let e = self.err(
-                            t.span(),
-                            format!(
-                                "unknown map type `{other}`: expected {}",
-                                quoted_list(MAP_TYPES)
-                            ),
-                            "unknown map type",
-                        );
-                        return Err(if other == "socket" {
-                            e.with_help("a socket storage map is `sk`")
-                        } else {
-                            e.with_suggestion(other, MAP_TYPES)
-                        });
-                    }
-                },
+                Some(t) => self.type_of(
+                    t,
+                    "map type",
+                    MAP_TYPES,
+                    ("socket", "a socket storage map is `sk`"),
+                )?,
             };
             let value_size = match &m.get_ref().value_size {
                 None => 8,
@@ -858,27 +843,12 @@ impl Cx<'_> {
                         "no `type`",
                     ));
                 }
-                Some(t) => match t.get_ref().as_str() {
-                    "task" => MapType::Task,
-                    "socket" => MapType::Sk,
-                    "inode" => MapType::Inode,
-                    "cgroup" => MapType::Cgrp,
-                    other => {
-                        let e = self.err(
-                            t.span(),
-                            format!(
-                                "unknown owner type `{other}`: expected {}",
-                                quoted_list(OWNER_TYPES)
-                            ),
-                            "unknown owner type",
-                        );
-                        return Err(if other == "sk" {
-                            e.with_help("an owner of an `sk` map is a `socket`")
-                        } else {
-                            e.with_suggestion(other, OWNER_TYPES)
-                        });
-                    }
-                },
+                Some(t) => self.type_of(
+                    t,
+                    "owner type",
+                    OWNER_TYPES,
+                    ("sk", "an owner of an `sk` map is a `socket`"),
+                )?,
             };
             owners.push(OwnerInfo {
                 name: name.into_inner(),
@@ -888,6 +858,28 @@ impl Cx<'_> {
             });
         }
         Ok(owners)
+    }
+
+    /// A map's or an owner's `type`: `names` spells the four kinds in the order task, socket,
+    /// inode, cgroup; `alias` is the other table's spelling of the socket kind, with its hint.
+    fn type_of(
+        &self,
+        t: &Sp<String>,
+        what: &str,
+        names: &[&str],
+        (alias, hint): (&str, &str),
+    ) -> Result<MapType, ScenarioError> {
+        const KINDS: [MapType; 4] = [MapType::Task, MapType::Sk, MapType::Inode, MapType::Cgrp];
+        let name = t.get_ref().as_str();
+        if let Some(i) = names.iter().position(|n| *n == name) {
+            return Ok(KINDS[i]);
+        }
+        let e = self.err(
+            t.span(),
+            format!("unknown {what} `{name}`: expected {}", quoted_list(names)),
+            format!("unknown {what}"),
+        );
+        Err(if name == alias { e.with_help(hint) } else { e.with_suggestion(name, names) })
     }
 
     // --- names ---------------------------------------------------------------------------
