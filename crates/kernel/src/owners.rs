@@ -2,7 +2,7 @@
 //! kind, implementing the storage core's [`Owner`] trait.
 
 use crate::MapType;
-use bpfls_local_storage::{Errno, Optmem, Owner};
+use bpfls_local_storage::{Optmem, Owner};
 use bpfls_sync::atomic::AtomicU64;
 use bpfls_sync::untracked;
 use std::fmt;
@@ -154,18 +154,8 @@ impl Owner for OwnerObj {
         &self.ptr
     }
 
-    fn charge(&self, bytes: usize) -> Result<(), Errno> {
-        self.optmem.as_ref().map_or(Ok(()), |o| o.charge(bytes))
-    }
-
-    fn uncharge(&self, bytes: usize) {
-        if let Some(o) = &self.optmem {
-            o.uncharge(bytes);
-        }
-    }
-
-    fn charged(&self) -> Option<u64> {
-        self.optmem.as_ref().map(Optmem::charged)
+    fn optmem(&self) -> Option<&Optmem> {
+        self.optmem.as_ref()
     }
 
     fn past_rcu_gp_at_destroy(&self) -> bool {

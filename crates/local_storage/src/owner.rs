@@ -17,20 +17,27 @@ pub trait Owner: Send + Sync + 'static {
     /// NULL. Set only by compare-and-swap from 0; cleared under the storage lock.
     fn storage_ptr(&self) -> &AtomicU64;
 
+    /// The owner's charge budget (`sk_omem_alloc` against `optmem_max`), for owners that
+    /// charge (sockets); the charge hooks below use it.
+    fn optmem(&self) -> Option<&Optmem> {
+        None
+    }
+
     /// Charges `bytes` to the owner (`sk_omem_alloc`); only sockets refuse.
     fn charge(&self, bytes: usize) -> Result<(), Errno> {
-        let _ = bytes;
-        Ok(())
+        self.optmem().map_or(Ok(()), |o| o.charge(bytes))
     }
 
     /// Uncharges `bytes`.
     fn uncharge(&self, bytes: usize) {
-        let _ = bytes;
+        if let Some(o) = self.optmem() {
+            o.uncharge(bytes);
+        }
     }
 
     /// Bytes charged now, for owners that charge (the I7 check); `None` otherwise.
     fn charged(&self) -> Option<u64> {
-        None
+        self.optmem().map(Optmem::charged)
     }
 
     /// Whether the owner's destroy runs after an RCU grace period has passed since the owner
@@ -126,18 +133,8 @@ impl Owner for BasicOwner {
         &self.ptr
     }
 
-    fn charge(&self, bytes: usize) -> Result<(), Errno> {
-        self.optmem.as_ref().map_or(Ok(()), |o| o.charge(bytes))
-    }
-
-    fn uncharge(&self, bytes: usize) {
-        if let Some(o) = &self.optmem {
-            o.uncharge(bytes);
-        }
-    }
-
-    fn charged(&self) -> Option<u64> {
-        self.optmem.as_ref().map(Optmem::charged)
+    fn optmem(&self) -> Option<&Optmem> {
+        self.optmem.as_ref()
     }
 
     fn past_rcu_gp_at_destroy(&self) -> bool {
