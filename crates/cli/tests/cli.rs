@@ -177,3 +177,16 @@ fn the_explorer_writes_the_failing_trace_and_its_replay_command_reproduces_it() 
     assert_eq!(o.status.code(), Some(0), "{rout}");
     assert!(rout.contains("reproduced: "), "{rout}");
 }
+
+#[test]
+fn the_readme_excerpt_is_what_the_default_run_prints() {
+    let readme = include_str!("../../../README.md");
+    let from = readme.find("An excerpt:").expect("the README shows an excerpt");
+    let start = from + readme[from..].find("```text\n").expect("a text block") + 8;
+    let excerpt = &readme[start..start + readme[start..].find("```").expect("it ends")];
+    let (out, _) = text(&bpfls(&[]));
+    let lines: Vec<&str> = out.lines().collect();
+    for line in excerpt.lines().filter(|l| l.trim() != "...") {
+        assert!(lines.contains(&line), "the README shows `{line}`, the default run does not");
+    }
+}
