@@ -704,7 +704,10 @@ impl Stepper {
                 (None, None) if body.waiting_gp => {
                     format!("{who} waits for a grace period that cannot end")
                 }
-                (None, None) => format!("{who} is blocked"),
+                (None, None) if body.at == "owner_wait" => {
+                    format!("{who} waits for the programs that use an owner to end")
+                }
+                (None, None) => format!("{who} is blocked at {}", body.at),
             };
             out.push(line);
         }

@@ -518,3 +518,28 @@ fn a_task_exit_waits_for_the_programs_that_use_the_task() {
     assert_eq!(k.shutdown().unwrap(), 0);
     assert!(k.violations().is_empty(), "{:?}", k.violations().snapshot());
 }
+
+#[test]
+fn a_program_ending_its_own_task_is_a_reported_deadlock() {
+    // The final put waits for the programs that use the task, this one included: nothing can
+    // ever end it, and the executor says so instead of hanging.
+    let stepper = Stepper::new(Schedule::Random(0));
+    let k = Arc::new(Kernel::builder().cpus(1).stepped(&stepper).build());
+    let map = k.map_create(MapType::Task, MapAttr::new(8)).unwrap();
+    let (_, task) = k.task_spawn();
+    k.map_update_elem(0, map, task, &[1; 8], BPF_ANY).unwrap();
+    let k0 = k.clone();
+    let report = stepper.run(vec![Box::new(move || {
+        k0.run_prog(0, true, |p| {
+            p.storage_get(map, task, None, 0).expect("present");
+            let _ = k0.task_exit(0, task);
+        });
+    })]);
+    assert!(report.deadlock, "{report:?}");
+    let msg = report.results[0].as_ref().unwrap_err();
+    assert!(msg.contains("waits for the programs that use task"), "{msg}");
+    assert_eq!(
+        report.wait_for,
+        ["body 0 (CPU 0, Task) waits for the programs that use an owner to end"],
+    );
+}
