@@ -6,16 +6,17 @@
 #![cfg(not(any(loom, shuttle)))]
 
 use bpfls_kernel::{CpuBody, Kernel, MapType, Schedule, Stepper};
-use bpfls_local_storage::MapAttr;
 use bpfls_local_storage::flags::{BPF_ANY, MapFlags};
+use bpfls_local_storage::{MapAttr, Mutations};
 use std::sync::Arc;
 
 /// Two clone maps, several listeners with elements in both; CPU 0 accepts on each listener
 /// while CPU 1 closes the last fd of the first map. Returns every problem found, and whether
 /// the clones overlapped map_free's bucket walk.
-fn accept_during_map_free(seed: u64) -> (Vec<String>, bool) {
+fn accept_during_map_free(seed: u64, mutations: Mutations) -> (Vec<String>, bool) {
     let stepper = Stepper::new(Schedule::Random(seed));
-    let k = Arc::new(Kernel::builder().cpus(4).optmem_max(1 << 20).stepped(&stepper).build());
+    let builder = Kernel::builder().cpus(4).optmem_max(1 << 20).mutations(mutations);
+    let k = Arc::new(builder.stepped(&stepper).build());
     let flags = (MapFlags::NO_PREALLOC | MapFlags::CLONE).bits();
     let (m1, m2) = (
         k.map_create(MapType::Sk, MapAttr::new(8).with_flags(flags)).unwrap(),
@@ -58,10 +59,24 @@ fn a_clone_skips_a_map_whose_last_reference_dropped() {
     // left a child's element linked into the freed map (I4).
     let mut overlaps = 0;
     for seed in 0..300 {
-        let (found, overlapped) = accept_during_map_free(seed);
+        let (found, overlapped) = accept_during_map_free(seed, Mutations::default());
         assert!(found.is_empty(), "seed {seed}: {found:?}");
         overlaps += usize::from(overlapped);
     }
     assert!(overlaps > 0, "no schedule ran a clone during map_free's bucket walk");
     eprintln!("{overlaps} of 300 schedules cloned during map_free's bucket walk");
+}
+
+#[test]
+fn the_checker_catches_a_clone_into_a_dying_map() {
+    // The mutation restores the old check (only a finished map_free stops a clone): some
+    // schedule then leaves a child's copy linked into the freed map, which check_invariants
+    // reports.
+    let mutated = Mutations { clone_into_dying_map: true, ..Mutations::default() };
+    let found = (0..300).find_map(|seed| {
+        let (found, _) = accept_during_map_free(seed, mutated);
+        (!found.is_empty()).then_some((seed, found))
+    });
+    let (seed, found) = found.expect("no seed of 300 caught the clone into a dying map");
+    assert!(found.iter().any(|p| p.contains("which map_free has freed")), "seed {seed}: {found:?}");
 }

@@ -82,6 +82,10 @@ pub struct Mutations {
     /// B11 / I11: the delete path releases special fields (unpins uptrs) before the
     /// Tasks-Trace grace period instead of in its callback.
     pub free_fields_early: bool,
+    /// §2.12: socket clone skips only maps whose map_free has finished, not those whose last
+    /// reference is gone (`bpf_map_inc_not_zero` ignored): a clone during map_free's bucket
+    /// walk links its copy into a map being freed (I4).
+    pub clone_into_dying_map: bool,
 }
 
 impl TypeConfig {
@@ -1531,6 +1535,13 @@ impl LocalStorage {
         let _rcu = self.inner.domains.rcu.read_lock(cpu);
         let Some((_, storage)) = self.storage_of(parent) else { return Ok(()) };
         // ORDERING: Acquire pairs with the Release head store in `link_storage`.
+        // `bpf_map_inc_not_zero`: skip a map whose last reference is gone (the mutation looks
+        // only at whether its map_free has finished).
+        let gone = |m: &Smap| {
+            let flag =
+                if self.inner.cfg.mutations.clone_into_dying_map { &m.freed } else { &m.dying };
+            flag.load(untracked::Ordering::Relaxed)
+        };
         let mut cur = storage.list_head.load(Ordering::Acquire);
         let mut steps = 0;
         while cur != 0 && steps <= MAX_MAPS {
@@ -1539,10 +1550,7 @@ impl LocalStorage {
             let Some(sel) = m.selems.peek(h) else { break };
             // ORDERING: Acquire pairs with the Release store of `snode_next` at insertion.
             let next = sel.snode_next.load(Ordering::Acquire);
-            if m.attr.map_flags & crate::flags::MapFlags::CLONE.bits() != 0
-                // `bpf_map_inc_not_zero`: skip a map whose last reference is gone.
-                && !m.dying.load(untracked::Ordering::Relaxed)
-            {
+            if m.attr.map_flags & crate::flags::MapFlags::CLONE.bits() != 0 && !gone(&m) {
                 let value = {
                     let _g = m.attr.layout.spin_lock.then(|| sel.value_lock.lock());
                     sel.read_value(m.attr.value_size as usize)

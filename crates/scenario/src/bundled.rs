@@ -50,6 +50,7 @@ pub const BUNDLED: &[Bundled] = bundled![
     "mutation-alloc-under-lock",
     "mutation-one-bucket",
     "mutation-free-fields-early",
+    "mutation-clone-into-dying-map",
     "mutation-busy-counter-off",
     "mutation-busted-rcu",
 ];

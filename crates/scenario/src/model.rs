@@ -71,6 +71,7 @@ pub const MUTATIONS: &[&str] = &[
     "alloc_under_lock",
     "one_bucket",
     "free_fields_early",
+    "clone_into_dying_map",
 ];
 
 impl KernelConfig {
@@ -89,6 +90,7 @@ impl KernelConfig {
                 "alloc_under_lock" => m.alloc_under_lock = true,
                 "one_bucket" => m.one_bucket = true,
                 "free_fields_early" => m.free_fields_early = true,
+                "clone_into_dying_map" => m.clone_into_dying_map = true,
                 _ => {}
             }
         }
